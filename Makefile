@@ -1,0 +1,43 @@
+# Two commands on a fresh machine with Python 3.10+: `make demo` and `make test`.
+# Each bootstraps .venv itself; nothing needs to be installed first.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# pip repeats a warning for every package when an extra index folder is missing; drop that noise only.
+PIP := $(BIN)/python -m pip install --disable-pip-version-check -q
+QUIET := sed -u '/is ignored: it is neither a file nor a directory/d'
+
+.PHONY: demo test lint typecheck unit clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	$(PIP) -e . 2>&1 | $(QUIET)
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[test]' 2>&1 | $(QUIET)
+	touch $@ $(VENV)/.installed-base
+
+demo: $(VENV)/.installed-base
+	$(BIN)/python examples/engine_demo.py
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy
+
+unit: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

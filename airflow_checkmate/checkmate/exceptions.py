@@ -1,0 +1,40 @@
+"""The engine's exceptions: each names what went wrong and what to do about it."""
+
+
+class TaskEngineException(Exception):
+    """Raised during task engine execution: bad use, bad ids, an invalid state, or a stage in RETRY.
+
+    A stage that failed but can be auto-recovered also raises this ("call execute again"); callers
+    tell RETRY from a real failure by the task's ``status``.
+    """
+
+
+class BindException(Exception):
+    """Raised when a TaskEngine bind operation fails due to another existing bind."""
+
+
+class LeaseLostException(BindException):
+    """Raised when this engine's bind lease was taken over by another holder.
+
+    The write that noticed it was refused, so the new holder's state is intact. Stop working on
+    the task; the new holder resumes it.
+    """
+
+
+class MissingStateException(Exception):
+    """Raised when required data is not set in the stage state object."""
+
+
+class PersistenceDataNotFoundException(Exception):
+    """Raised when there was an error loading task data from the persistence store.
+
+    The stored object is missing, unreadable, or does not parse as the expected model; it is left
+    in place untouched.
+    """
+
+
+class TaskIOException(Exception):
+    """Raised when the storage backend fails to store or remove an object (full disk, I/O error).
+
+    The object's previous stored version, if any, is unchanged.
+    """

@@ -1,0 +1,117 @@
+"""TaskIO: the storage interface every backend implements, and the factory that picks one by URL."""
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from airflow_checkmate.checkmate.exceptions import LeaseLostException, TaskEngineException
+
+DEFAULT_LEASE_SECONDS = 30.0
+
+#: URL scheme -> "module:Class" of the backend; imported only when a URL of that scheme is used.
+BACKENDS: dict[str, str] = {
+    "": "airflow_checkmate.checkmate.io.file:TaskIOFile",
+    "file": "airflow_checkmate.checkmate.io.file:TaskIOFile",
+}
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Proof of holding a task's bind lease: writes carrying it are refused once the lease is lost."""
+
+    lock_name: str
+    token: str
+
+
+class TaskIO(ABC):
+    """Storage of a task's objects (JSON text under the task id as a prefix) plus lease primitives.
+
+    Writes replace a whole object atomically: a reader sees the old or the new version, never a mix.
+    A write or remove given a :class:`Fence` happens only while that fence's lease is still held,
+    checked atomically with the write; otherwise it raises LeaseLostException and changes nothing.
+    """
+
+    scheme: ClassVar[str] = ""
+
+    def __init__(self, base_url: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        if not lease_seconds or lease_seconds <= 0:
+            raise TaskEngineException(f"lease_seconds must be positive, got {lease_seconds!r}")
+        self.base_url = base_url
+        self.lease_seconds = float(lease_seconds)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
+
+    @staticmethod
+    def from_base_url(url: str, **kwargs: Any) -> "TaskIO":
+        """Build the backend for ``url`` by its scheme (a plain path means local files)."""
+        scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+        target = BACKENDS.get(scheme)
+        if target is None:
+            known = ", ".join(sorted(f"{s}://" for s in BACKENDS if s))
+            raise TaskEngineException(
+                f"no CheckMate storage backend for URL scheme {scheme!r} in {url!r}; known: {known} or a plain path"
+            )
+        module, _, name = target.partition(":")
+        backend: type[TaskIO] = getattr(importlib.import_module(module), name)
+        return backend(url, **kwargs)
+
+    @abstractmethod
+    def read(self, obj_name: str) -> str:
+        """Read an object; raise PersistenceDataNotFoundException if it is missing or unreadable."""
+
+    @abstractmethod
+    def write(self, obj_name: str, data: str | bytes, *, fence: Fence | None = None) -> None:
+        """Replace an object atomically; raise TaskIOException on a storage failure."""
+
+    @abstractmethod
+    def exists(self, obj_name: str) -> bool:
+        """True if the object exists."""
+
+    @abstractmethod
+    def remove(self, obj_name: str, *, fence: Fence | None = None) -> bool:
+        """Remove an object; False if it did not exist."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Names of the objects that start with ``prefix``, sorted."""
+
+    @abstractmethod
+    def build_url(self, obj_name: str) -> str:
+        """The URL (or path) of an object, for people and links."""
+
+    @abstractmethod
+    def lease_read(self, lock_name: str) -> str | None:
+        """The lease object's raw text, or None if there is none."""
+
+    @abstractmethod
+    def lease_create(self, lock_name: str, data: str) -> bool:
+        """Create the lease object only if absent, atomically; False if it exists."""
+
+    @abstractmethod
+    def lease_swap(self, lock_name: str, expected: str, new: str | None) -> bool:
+        """Compare-and-swap: replace (or with ``new=None`` remove) the lease only if it still reads
+        ``expected``; False otherwise."""
+
+    def prune(self, prefix: str) -> None:
+        """Remove leftovers (temporary files, empty folders) under a prefix with no live lease.
+
+        A no-op on stores without folders.
+        """
+
+    def check_fence(self, fence: Fence) -> None:
+        """Raise LeaseLostException unless the lease still carries the fence's token."""
+        raw = self.lease_read(fence.lock_name)
+        try:
+            token = json.loads(raw).get("token") if raw else None
+        except (ValueError, AttributeError):
+            token = None
+        if token != fence.token:
+            raise LeaseLostException(
+                f"the bind lease {fence.lock_name!r} is no longer held by this engine (it expired and "
+                "was taken over, or was removed); the write was refused and nothing was changed. "
+                "Another process now owns the task: stop here and let it resume"
+            )

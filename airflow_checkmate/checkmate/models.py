@@ -1,0 +1,109 @@
+"""Pydantic models of what is checkpointed: stage state, its history, and the task-level record."""
+
+from datetime import datetime, timezone
+from typing import Any, Generic, TypeVar
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from airflow_checkmate.checkmate.exceptions import MissingStateException
+from airflow_checkmate.checkmate.names import STAGE_NAME_MAX_LENGTH
+from airflow_checkmate.checkmate.status import StageStatus
+
+STAGE_RESULT = TypeVar("STAGE_RESULT")
+STAGE = TypeVar("STAGE")
+
+TASK_SCHEMA_VERSION = 1
+
+
+def render_ts(ts: float, tz: str) -> datetime:
+    """A POSIX timestamp as an aware datetime in the named timezone."""
+    return datetime.fromtimestamp(ts, ZoneInfo(tz))
+
+
+class StageStateHistoryEntry(BaseModel):
+    """One status change of a stage: what, when (in the stage's timezone), which attempt, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: StageStatus = Field(..., title="Status the stage changed to")
+    message: str = Field(default="", title="Why the status changed")
+    begin_ts: datetime = Field(..., title="When the step that led to this status began")
+    end_ts: datetime | None = Field(default=None, title="When it ended, if it has")
+    attempt: int = Field(default=0, ge=0, title="The stage's attempt count at the change")
+
+
+class BaseStageState(BaseModel, Generic[STAGE_RESULT]):
+    """Base class for stage state data; subclass it to add the fields a task needs.
+
+    All stages of a task share the same state class, so the running stage can see the state of every
+    stage before it. Fields added by subclasses should have defaults. Unknown fields are refused when
+    a stored object is loaded, so an object of another schema is never silently read as defaults.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage_name: str = Field(
+        "",
+        max_length=STAGE_NAME_MAX_LENGTH,
+        title="Stage Name",
+        description="Unique stage name / identifier, set by the engine at bind",
+    )
+    status: StageStatus = Field(
+        default=StageStatus.UNBOUND,
+        title="Stage Status",
+        description="Stage execution status, used by the engine to decide whether to run or skip it",
+    )
+    attempts: int = Field(
+        default=0,
+        ge=0,
+        title="Run attempts",
+        description="Number of times the stage has been run; 0 means it has not been run yet",
+    )
+    history: list[StageStateHistoryEntry] = Field(
+        default_factory=list, title="History", description="Stage state history"
+    )
+    result: STAGE_RESULT | None = Field(
+        default=None,
+        title="Result",
+        description="The stage's result; the final stage's result is the task's result. None until the "
+        "stage completes successfully",
+    )
+
+    def require(self, *field_names: str) -> None:
+        """Raise MissingStateException naming every listed field that is None."""
+        missing = [f for f in field_names if getattr(self, f, None) is None]
+        if missing:
+            raise MissingStateException(
+                f"stage {self.stage_name!r} needs state field(s) {', '.join(missing)} to be set; "
+                "an earlier stage should have set them"
+            )
+
+
+class TaskEvent(BaseModel):
+    """A task-level event: creation, lock takeover, cancel, reset, cleanup."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ts: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    event: str
+    message: str = ""
+
+
+class TaskEngineState(BaseModel, Generic[STAGE]):
+    """The task-level object: which stages, of which classes, make up the task.
+
+    Stored as ``<task_id>/task.json`` without the templates. Stored class paths are compared with the
+    templates' classes, never imported.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    schema_version: int = TASK_SCHEMA_VERSION
+    task_id: str = ""
+    stage_names: list[str] = Field(default_factory=list)
+    stage_template_classes: list[str] = Field(default_factory=list)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    cleaning: bool = Field(default=False, title="Set while the task's objects are being removed")
+    history: list[TaskEvent] = Field(default_factory=list)
+    stage_templates: list[Any] = Field(default_factory=list, exclude=True)

@@ -1,0 +1,78 @@
+"""Markdown rendering of a task's stages, from memory or from storage, for logs, tests and people."""
+
+import json
+from typing import TYPE_CHECKING, Any, Literal
+
+from colorama import Style
+
+from airflow_checkmate.checkmate import names
+from airflow_checkmate.checkmate.exceptions import TaskEngineException
+from airflow_checkmate.checkmate.models import BaseStageState
+
+if TYPE_CHECKING:
+    from airflow_checkmate.checkmate.engine import CheckMateEngine
+
+
+def _paint(text: str, color: str | None) -> str:
+    return f"{color}{text}{Style.RESET_ALL}" if color else text
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _stored_state(engine: "CheckMateEngine[Any, Any]", index: int) -> BaseStageState[Any]:
+    stage = engine.task_state.stage_templates[index]
+    return engine.read_stored_state(stage) or engine.fresh_state(stage.stage_name)
+
+
+def render_stages(
+    engine: "CheckMateEngine[Any, Any]",
+    source: Literal["memory", "persistence"],
+    color: str | None,
+    basenames_only: bool,
+    source_in_heading: bool,
+) -> str:
+    """Render every stage (status, attempts, history, state as JSON) and the task's stored objects."""
+    if source not in ("memory", "persistence"):
+        raise TaskEngineException(f"source must be 'memory' or 'persistence', got {source!r}")
+    stages = engine.task_state.stage_templates
+    total = len(stages)
+
+    def show(obj: str) -> str:
+        url = engine.io.build_url(obj)
+        return url.rsplit("/", 1)[-1] if basenames_only else url
+
+    heading = f"# Task `{engine.task_id}`"
+    if source_in_heading:
+        heading += f" ({source})"
+    lines = [_paint(heading, color), ""]
+    for index, stage in enumerate(stages):
+        state = stage.state if source == "memory" else _stored_state(engine, index)
+        lines += [
+            _paint(f"## Stage {index + 1}/{total}: {stage.stage_name} — {state.status}", color),
+            "",
+        ]
+        if stage.description:
+            lines.append(f"- description: {stage.description}")
+        lines += [
+            f"- status: {state.status}",
+            f"- attempts: {state.attempts}",
+            f"- object: {show(names.stage_obj_name(engine.task_id, stage.stage_name))}",
+            "",
+        ]
+        if state.history:
+            lines += ["| # | status | attempt | begin | end | message |", "|---|---|---|---|---|---|"]
+            for n, entry in enumerate(state.history, 1):
+                end = entry.end_ts.isoformat() if entry.end_ts else ""
+                lines.append(
+                    f"| {n} | {entry.status} | {entry.attempt} | {entry.begin_ts.isoformat()} | {end} | "
+                    f"{_cell(entry.message)} |"
+                )
+            lines.append("")
+        payload = state.model_dump(mode="json", exclude={"history", "stage_name", "status", "attempts"})
+        lines += ["```json", json.dumps(payload, indent=2, sort_keys=True), "```", ""]
+    lines += [_paint("## Stored objects", color), ""]
+    stored = engine.io.list(names.task_prefix(engine.task_id))
+    lines += [f"- {show(obj)}" for obj in stored] or ["- (none)"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,145 @@
+"""BaseStage: one checkpointed step of a task."""
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from airflow_checkmate.checkmate.exceptions import TaskEngineException
+from airflow_checkmate.checkmate.models import BaseStageState, StageStateHistoryEntry, render_ts
+from airflow_checkmate.checkmate.names import STAGE_NAME_MAX_LENGTH, stage_obj_name, validate_stage_name
+from airflow_checkmate.checkmate.status import StageStatus, check_transition
+
+if TYPE_CHECKING:
+    from airflow_checkmate.checkmate.engine import CheckMateEngine
+
+STAGE_STATE = TypeVar("STAGE_STATE", bound=BaseStageState[Any])
+
+
+class BaseStage(BaseModel, ABC, Generic[STAGE_STATE]):
+    """Base task stage implementation.
+
+    Subclasses implement :meth:`execute_stage`; state lives in ``state`` and is checkpointed by the
+    engine at every status change. Stage code runs at least once per completed stage and may run
+    again after a crash mid-stage, so it must be idempotent.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    stage_name: str = Field(
+        ...,
+        min_length=1,
+        max_length=STAGE_NAME_MAX_LENGTH,
+        title="Stage Name",
+        description="Unique stage name / identifier; names the stage's stored state object",
+    )
+    description: str = Field(
+        default="",
+        title="Stage Description",
+        description="Human readable stage description intended for short, inline documentation",
+    )
+    state: STAGE_STATE = Field(..., title="Stage State", description="Stage state data")
+    timezone: str = Field(default="UTC", title="Timezone", description="Timezone to use in history entries")
+    volatile_engine_ref: Any = Field(
+        default=None,
+        title="Task",
+        description="Task object reference (volatile), set by the task execution engine",
+        exclude=True,
+    )
+
+    @field_validator("stage_name")
+    @classmethod
+    def _valid_stage_name(cls, value: str) -> str:
+        try:
+            return validate_stage_name(value)
+        except TaskEngineException as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r}; use an IANA name such as 'UTC'") from None
+        return value
+
+    @property
+    def engine(self) -> "CheckMateEngine[Any, Any]":
+        """The engine this stage is bound to; raises TaskEngineException when unbound."""
+        if self.volatile_engine_ref is None:
+            raise TaskEngineException(f"stage {self.stage_name!r} is not bound to a task engine")
+        return self.volatile_engine_ref  # type: ignore[no-any-return]
+
+    @property
+    def obj_name(self) -> str:
+        """Return the object name for the current stage (the stage must be bound)."""
+        return self.gen_obj_name()
+
+    @property
+    def url(self) -> str:
+        """Return the URL for the current stage's stored state."""
+        return self.engine.io.build_url(self.obj_name)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once a cancel of the task was requested; long stages may poll it and stop early."""
+        return self.volatile_engine_ref is not None and self.engine.cancel_requested
+
+    def gen_obj_name(self, engine: "CheckMateEngine[Any, Any] | None" = None) -> str:
+        """Generate the object name for this stage, for ``engine`` or the bound one."""
+        return stage_obj_name((engine or self.engine).task_id, self.stage_name)
+
+    def bind_to_engine(self, task_engine: "CheckMateEngine[Any, Any]") -> "BaseStage[STAGE_STATE]":
+        """Bind the stage to a TaskEngine; raises TaskEngineException if it is already bound."""
+        if self.volatile_engine_ref is not None:
+            raise TaskEngineException(f"stage {self.stage_name!r} is already bound to a task engine")
+        self.volatile_engine_ref = task_engine
+        return self
+
+    def persistence_file_exists(self) -> bool:
+        """Check whether the stage's state exists in the task's storage."""
+        return self.engine.io.exists(self.obj_name)
+
+    def inc_attempts(self) -> int:
+        """Increment ``state.attempts`` by 1 and return the new count."""
+        self.state.attempts += 1
+        return self.state.attempts
+
+    def update_status(self, message: str, status: StageStatus, begin_ts: float, end_ts: float | None = None) -> None:
+        """Set the stage's status, append a history entry and persist the state.
+
+        The transition is checked against the state machine first; nothing changes if it is invalid.
+        """
+        self._change(message, status, begin_ts, end_ts)
+
+    def _change(
+        self, message: str, status: StageStatus, begin_ts: float, end_ts: float | None, *, reset: bool = False
+    ) -> None:
+        check_transition(self.state.status, status, reset=reset, stage=self.stage_name)
+        self.state.status = status
+        self.state.history.append(
+            StageStateHistoryEntry(
+                status=status,
+                message=message,
+                begin_ts=render_ts(begin_ts, self.timezone),
+                end_ts=None if end_ts is None else render_ts(end_ts, self.timezone),
+                attempt=self.state.attempts,
+            )
+        )
+        self.engine._persist_stage(self)
+
+    @abstractmethod
+    def execute_stage(self, previous_state_copy: STAGE_STATE) -> None:
+        """Execute the stage: return on success, raise on failure.
+
+        Do not update the status here; the engine does. ``previous_state_copy`` is a deep copy of the
+        previous stage's state (the first stage receives its own ``state``); do not modify it.
+        """
+
+    def rollback_stage(self) -> None:
+        """Called when execute_stage raised, before the stage goes to RETRY or ERROR; undo partial work."""
+
+    def cancel(self) -> None:
+        """Called once on the first incomplete stage when the task is canceled, to clean up."""
