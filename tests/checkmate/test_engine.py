@@ -1,0 +1,296 @@
+"""Execution and resume: what a user relies on from one run to the next.
+
+Resume in a NEW process after a failure (RETRY) and after a crash mid-stage (RUNNING), with stage
+executions counted by the test's journal; previous_state_copy; templates never modified; cleanup;
+cancel requested from outside; the reference's public names and defaults.
+"""
+
+import inspect
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import airflow_checkmate.checkmate as cm
+from airflow_checkmate.checkmate import (
+    BaseStage,
+    CheckMateEngine,
+    RetryPolicy,
+    StageStatus,
+    TaskEngineException,
+    TaskIO,
+    TaskIOFile,
+)
+from tests.conftest import run_task_process, start_task_process
+from tests.helpers.stages import CounterState, JournalStage, expected_result, make_stages, read_journal
+
+S = StageStatus
+
+
+def starts(journal: Path) -> list[str]:
+    """The stage names whose code started, in order, from the journal the stage code writes."""
+    return [w[1] for w in read_journal(journal) if w[0] == "start"]
+
+
+def test_reference_public_names_and_defaults() -> None:
+    for name in [
+        "BaseStage",
+        "BaseStageState",
+        "BindException",
+        "MissingStateException",
+        "PersistenceDataNotFoundException",
+        "StageStatus",
+        "CheckMateEngine",
+        "TaskEngineException",
+        "TaskIOFile",
+        "RetryPolicy",
+        "TaskIO",
+        "StageStateHistoryEntry",
+        "TaskEngineState",
+    ]:
+        assert name in cm.__all__ and hasattr(cm, name), name
+    params = inspect.signature(CheckMateEngine.__init__).parameters
+    assert list(params)[1:] == [
+        "io",
+        "task_id",
+        "stage_templates",
+        "retry_policy",
+        "max_attempts",
+        "bind_lock_timeout",
+        "auto_cleanup",
+        "no_lock",
+        "force_create",
+    ]
+    defaults = {k: p.default for k, p in params.items() if k != "self"}
+    assert defaults["task_id"] is None and defaults["stage_templates"] is None
+    assert defaults["retry_policy"] is RetryPolicy.NONE and defaults["max_attempts"] == 1
+    assert defaults["bind_lock_timeout"] is None
+    assert defaults["auto_cleanup"] is False and defaults["no_lock"] is False and defaults["force_create"] is False
+    assert inspect.signature(CheckMateEngine.execute).parameters["strict_recovery"].default is False
+    assert inspect.signature(CheckMateEngine.unbind).parameters["clean"].default is False
+    dump = inspect.signature(CheckMateEngine.dump_stages).parameters
+    assert dump["source"].default == "memory" and dump["basenames_only"].default is False
+    assert dump["source_in_heading"].default is False
+    assert cm.STAGE_NAME_MAX_LENGTH == 150
+    assert {s.value for s in StageStatus} == {"UNBOUND", "CREATED", "RUNNING", "RETRY", "ERROR", "COMPLETE", "CANCELED"}
+
+
+def test_resume_in_new_process_after_failure(base: Path, tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    args = (str(base), "etl", "4", "--journal", str(journal), "--fail-first", '{"s3": 1}', "--max-attempts", "3")
+
+    first = run_task_process(*args)
+    assert first.returncode == 3, first.stdout + first.stderr
+    assert first.stdout.startswith("RETRY")
+    assert starts(journal) == ["s1", "s2", "s3"]
+
+    second = run_task_process(*args)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert starts(journal) == ["s1", "s2", "s3", "s3", "s4"]  # s1 and s2 never ran again
+    assert json.loads(second.stdout.split(" ", 1)[1]) == expected_result(4)
+
+
+def test_resume_in_new_process_after_crash_mid_stage(base: Path, tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    args = (str(base), "crash", "3", "--journal", str(journal), "--max-attempts", "3")
+    proc = start_task_process(*args, "--sleep", "30")
+    deadline = time.monotonic() + 30
+    while starts(journal) != ["s1"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert starts(journal) == ["s1"]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stored = json.loads((base / "crash" / "s1.stage.json").read_text())
+    assert stored["status"] == "RUNNING" and stored["attempts"] == 1
+
+    # strict_recovery=False (the default) refuses to guess: the stage is not run again.
+    io = TaskIOFile(base)
+    engine = CheckMateEngine(io, "crash", make_stages(3, str(journal)), RetryPolicy.RETRY, 3)
+    with engine, pytest.raises(TaskEngineException, match="found RUNNING.*strict_recovery=True"):
+        engine.execute()
+    assert starts(journal) == ["s1"]
+
+    # The runner uses strict_recovery=True: the interrupted stage runs again as attempt 2, the rest follow.
+    done = run_task_process(*args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert starts(journal) == ["s1", "s1", "s2", "s3"]
+    with engine:
+        assert engine.status is S.COMPLETE and engine.task_result == expected_result(3)
+        assert engine.stages[0].state.attempts == 2
+        assert [h.status for h in engine.stages[0].state.history] == [S.RUNNING, S.RUNNING, S.COMPLETE]
+
+
+def test_execute_passes_copy_of_previous_state_and_first_stage_its_own(fast_io: TaskIO) -> None:
+    seen: list[tuple[str, bool, list[int]]] = []
+
+    class Probe(BaseStage[CounterState]):
+        def execute_stage(self, previous_state_copy: CounterState) -> None:
+            before = list(previous_state_copy.values)
+            seen.append((self.stage_name, previous_state_copy is self.state, before))
+            self.state.values = [*before, len(seen)]
+            if previous_state_copy is not self.state:
+                previous_state_copy.values.append(-1)  # a copy: must not leak into the previous stage
+
+    engine = CheckMateEngine(fast_io, "copies", [Probe(stage_name=n, state=CounterState()) for n in ("a", "b", "c")])
+    with engine:
+        engine.execute()
+        assert seen == [("a", True, []), ("b", False, [1]), ("c", False, [1, 2])]
+        assert [s.state.values for s in engine.stages] == [[1], [1, 2], [1, 2, 3]]
+        assert engine.check_sync()
+
+
+def test_templates_are_never_modified(fast_io: TaskIO) -> None:
+    templates = make_stages(3)
+    before = [t.model_dump() for t in templates]
+    engine = CheckMateEngine(fast_io, "pristine", templates)
+    with engine:
+        engine.execute()
+        assert all(s.state.status is S.COMPLETE for s in engine.stages)
+        assert all(s is not t for s, t in zip(engine.stages, templates, strict=True))
+    assert [t.model_dump() for t in templates] == before
+    assert all(t.volatile_engine_ref is None for t in templates)
+    assert [s.state.status for s in engine.stages] == [S.UNBOUND] * 3  # unbind restores pristine copies
+
+
+def test_completed_task_is_a_noop_and_result_survives_rebind(fast_io: TaskIO, tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    engine = CheckMateEngine(fast_io, "done", make_stages(3, str(journal)))
+    with engine:
+        engine.execute()
+    again = CheckMateEngine(fast_io, "done", make_stages(3, str(journal)))
+    with again:
+        assert again.status is S.COMPLETE
+        again.execute()
+        assert again.task_result == expected_result(3)
+        assert again.cumulative_attempts == 3
+    assert starts(journal) == ["s1", "s2", "s3"]
+
+
+def test_state_update_hook_runs_after_every_persisted_update(fast_io: TaskIO) -> None:
+    statuses: list[list[str]] = []
+
+    class Hooked(CheckMateEngine):  # type: ignore[type-arg]
+        def state_update_hook(self) -> None:
+            stored = [json.loads(fast_io.read(s.obj_name))["status"] for s in self.stages if fast_io.exists(s.obj_name)]
+            statuses.append(stored)
+
+    with Hooked(fast_io, "hooked", make_stages(2)) as engine:
+        engine.execute()
+    assert statuses == [["RUNNING"], ["COMPLETE"], ["COMPLETE", "RUNNING"], ["COMPLETE", "COMPLETE"]]
+
+
+def test_unbind_clean_and_auto_cleanup_remove_everything(base: Path) -> None:
+    io = TaskIOFile(base, durable=False)
+    with CheckMateEngine(io, "kept", make_stages(2)) as engine:
+        engine.execute()
+    assert io.list("kept/") == ["kept/s1.stage.json", "kept/s2.stage.json", "kept/task.json"]
+
+    engine = CheckMateEngine(io, "kept", make_stages(2))
+    engine.bind()
+    engine.unbind(clean=True)
+    assert io.list("kept/") == [] and not (base / "kept").exists()
+
+    with CheckMateEngine(io, "auto", make_stages(2), auto_cleanup=True) as engine:
+        engine.execute()
+    assert io.list("auto/") == [] and not (base / "auto").exists()
+
+
+def test_clean_interrupted_midway_is_finished_by_next_bind(base: Path, tmp_path: Path) -> None:
+    io = TaskIOFile(base, durable=False)
+    with CheckMateEngine(io, "half", make_stages(3)) as engine:
+        engine.execute()
+    # What a process killed during unbind(clean=True) leaves: task.json marked cleaning, one stage gone.
+    record = json.loads((base / "half" / "task.json").read_text())
+    record["cleaning"] = True
+    (base / "half" / "task.json").write_text(json.dumps(record))
+    (base / "half" / "s1.stage.json").unlink()
+
+    journal = tmp_path / "journal"
+    with CheckMateEngine(io, "half", make_stages(3, str(journal))) as engine:
+        assert engine.status is S.CREATED
+        engine.execute()
+    assert starts(journal) == ["s1", "s2", "s3"]  # a fresh task, not a mix of old and new
+
+
+def test_cancel_requested_from_outside_stops_at_next_stage_boundary(base: Path, tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    proc = start_task_process(str(base), "stopme", "4", "--journal", str(journal), "--sleep", "0.6")
+    deadline = time.monotonic() + 30
+    while starts(journal) != ["s1"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    CheckMateEngine.request_cancel(TaskIOFile(base), "stopme", "operator asked")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 4, out + err
+    assert "CANCELED" in out and "operator asked" in out
+    words = read_journal(journal)
+    assert [w[:2] for w in words] == [["start", "s1"], ["end", "s1"], ["cancel", "s2"]]  # cleanup ran once
+    stored = {n: json.loads((base / "stopme" / f"{n}.stage.json").read_text())["status"] for n in ("s1", "s2", "s4")}
+    assert stored == {"s1": "COMPLETE", "s2": "CANCELED", "s4": "CANCELED"}
+    assert not (base / "stopme" / "cancel.json").exists() and not (base / "stopme" / "task.lock").exists()
+
+
+def test_running_stage_can_poll_cancel_requested_and_stop_early(fast_io: TaskIO) -> None:
+    calls: list[str] = []
+
+    class Long(BaseStage[CounterState]):
+        def execute_stage(self, previous_state_copy: CounterState) -> None:
+            CheckMateEngine.request_cancel(fast_io, "poll", "stop now")
+            for _ in range(200):
+                if self.cancel_requested:
+                    raise InterruptedError("stopping: cancel requested")
+                time.sleep(0.01)
+            calls.append("finished")
+
+        def cancel(self) -> None:
+            calls.append(f"cancel {self.stage_name}")
+
+    engine = CheckMateEngine(fast_io, "poll", [Long(stage_name=n, state=CounterState()) for n in ("a", "b")])
+    with engine:
+        with pytest.raises(TaskEngineException, match="canceled while"):
+            engine.execute()
+        assert [s.state.status for s in engine.stages] == [S.CANCELED, S.CANCELED]
+        assert engine.check_sync()
+    assert calls == ["cancel a"]
+
+
+def test_request_cancel_of_unknown_task_is_refused(fast_io: TaskIO) -> None:
+    with pytest.raises(TaskEngineException, match="no stored task"):
+        CheckMateEngine.request_cancel(fast_io, "nope", "why")
+    assert fast_io.list("") == []
+
+
+def test_dump_stages_memory_equals_persistence_and_lists_objects(fast_io: TaskIO, tmp_path: Path) -> None:
+    stages = make_stages(3, str(tmp_path / "journal"), fail_first={"s2": 1})
+    engine = CheckMateEngine(fast_io, "dump", stages, RetryPolicy.RETRY, 2)
+    with engine:
+        with pytest.raises(TaskEngineException):
+            engine.execute()
+        memory = engine.dump_stages(color=None, basenames_only=True)
+        assert memory == engine.dump_stages("persistence", color=None, basenames_only=True)
+        assert "## Stage 2/3: s2 — RETRY" in memory and "planned failure" in memory
+        assert "- s1.stage.json" in memory and "- task.json" in memory and "- task.lock" in memory
+        assert "(persistence)" in engine.dump_stages("persistence", source_in_heading=True)
+        with pytest.raises(TaskEngineException, match="source must be"):
+            engine.dump_stages("disk")  # type: ignore[arg-type]
+
+
+def test_timezone_renders_history_timestamps(fast_io: TaskIO) -> None:
+    stage = JournalStage(stage_name="tz", state=CounterState(), timezone="Asia/Kolkata")
+    with CheckMateEngine(fast_io, "tz", [stage]) as engine:
+        engine.execute()
+        entry = engine.stages[0].state.history[-1]
+        assert entry.begin_ts.utcoffset() is not None and entry.begin_ts.utcoffset().total_seconds() == 19800
+    assert "+05:30" in fast_io.read("tz/tz.stage.json")
+
+
+def test_lock_is_released_and_files_private(base: Path) -> None:
+    io = TaskIOFile(base)
+    with CheckMateEngine(io, "priv", make_stages(2)) as engine:
+        assert engine.has_lockfile and engine.lease is not None and engine.lease.pid == os.getpid()
+        engine.execute()
+    assert not (base / "priv" / "task.lock").exists()
+    for path in (base / "priv").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path
