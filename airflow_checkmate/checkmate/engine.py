@@ -463,14 +463,22 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
             previous = stages[index - 1].state.model_copy(deep=True) if index else stage.state
             self._run_stage(stage, index, total, previous, strict_recovery)
 
+    def _cancel_pending(self) -> bool:
+        """A cancel request stands: flagged (by the lease thread or a poll) and still stored.
+
+        Checking the object too means a flag raised just before a cancel removed it is not honoured twice.
+        """
+        self._poll_cancel()
+        if self._cancel_event.is_set() and not self.io.exists(names.cancel_obj_name(self.task_id)):
+            self._cancel_event.clear()
+        return self._cancel_event.is_set()
+
     def _stage_boundary(self) -> None:
         self._require_bound()
-        self._poll_cancel()
-        if self._cancel_event.is_set():
-            request = names.cancel_obj_name(self.task_id)
+        if self._cancel_pending():
             reason = "cancel requested"
             with contextlib.suppress(PersistenceDataNotFoundException):
-                reason = f"cancel requested: {self.io.read(request)[:500]}"
+                reason = f"cancel requested: {self.io.read(names.cancel_obj_name(self.task_id))[:500]}"
             self._cancel_from(self._first_incomplete(), reason)
             raise TaskEngineException(f"task {self.task_id!r} was canceled ({reason})")
 
@@ -519,7 +527,7 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
         """Roll back, then move the stage to CANCELED, RETRY or ERROR and raise what the caller sees."""
         state = stage.state
         error = f"{type(exc).__name__}: {exc}"
-        if self.cancel_requested:
+        if self._cancel_pending():
             self._rollback(stage)
             self._cancel_from(self._first_incomplete(), f"canceled while running ({error})")
             raise TaskEngineException(f"task {self.task_id!r} was canceled while {where} ran") from exc

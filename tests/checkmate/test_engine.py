@@ -109,7 +109,7 @@ def test_resume_in_new_process_after_crash_mid_stage(base: Path, tmp_path: Path)
     # strict_recovery=False (the default) refuses to guess: the stage is not run again.
     io = TaskIOFile(base)
     engine = CheckMateEngine(io, "crash", make_stages(3, str(journal)), RetryPolicy.RETRY, 3)
-    with engine, pytest.raises(TaskEngineException, match="found RUNNING.*strict_recovery=True"):
+    with engine, pytest.raises(TaskEngineException, match=r"found RUNNING.*strict_recovery=True"):
         engine.execute()
     assert starts(journal) == ["s1"]
 
