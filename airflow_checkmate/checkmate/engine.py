@@ -7,9 +7,10 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from colorama import Fore
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.exceptions import (
@@ -19,7 +20,7 @@ from airflow_checkmate.checkmate.exceptions import (
 )
 from airflow_checkmate.checkmate.io.base import Fence, TaskIO
 from airflow_checkmate.checkmate.lease import LeaseKeeper, LeaseRecord, acquire
-from airflow_checkmate.checkmate.models import BaseStageState, TaskEngineState, TaskEvent
+from airflow_checkmate.checkmate.models import TASK_SCHEMA_VERSION, BaseStageState, TaskEngineState, TaskEvent
 from airflow_checkmate.checkmate.policy import AttemptPolicy, RetryPolicy
 from airflow_checkmate.checkmate.render import render_stages
 from airflow_checkmate.checkmate.stage import BaseStage
@@ -37,6 +38,11 @@ def string_from_callable(obj: object) -> str:
     """``module.QualName`` of a class (or of an instance's class)."""
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _json(model: BaseModel) -> bytes:
+    """The model as JSON bytes, serialised once (no intermediate str: a large state is not copied again)."""
+    return model.__pydantic_serializer__.to_json(model)
 
 
 def _comparable_class_path(path: str) -> str:
@@ -107,6 +113,13 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
     def _check_template(template: object) -> None:
         if not isinstance(template, BaseStage):
             raise TaskEngineException(f"stage templates must be BaseStage instances, got {template!r}")
+        try:
+            ZoneInfo(template.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise TaskEngineException(
+                f"stage template {template.stage_name!r} has unknown timezone {template.timezone!r}; use an IANA "
+                "name such as 'UTC'"
+            ) from None
         state = template.state
         if state.status is not S.UNBOUND or state.attempts or state.history:
             raise TaskEngineException(
@@ -240,7 +253,7 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
     def _exists_error(self) -> TaskEngineException:
         return TaskEngineException(
             f"force_create: task {self.task_id!r} already has stored state at "
-            f"{self.io.build_url(names.task_prefix(self.task_id))}; nothing was changed. Use a new task "
+            f"{self.io.build_url(names.task_obj_name(self.task_id))}; nothing was changed. Use a new task "
             "id, or bind without force_create to resume it"
         )
 
@@ -250,7 +263,13 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
         if task_obj in stored:
             if self.force_create:
                 raise self._exists_error()
-            record = self._parse(task_obj, TaskEngineState, self.io.read(task_obj))
+            record = self._parse(task_obj, TaskEngineState, self.io.read_bytes(task_obj))
+            if record.schema_version != TASK_SCHEMA_VERSION:
+                raise PersistenceDataNotFoundException(
+                    f"stored object {self.io.build_url(task_obj)} has schema version {record.schema_version}; "
+                    f"this version of CheckMate reads version {TASK_SCHEMA_VERSION}. It was left in place: use "
+                    "the CheckMate version that wrote it"
+                )
             if record.cleaning:
                 log.warning("task %s was being cleaned when its last holder died; finishing that", self.task_id)
                 self._remove_stored(record, stored)
@@ -316,7 +335,7 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
         """
         obj = stage.gen_obj_name(self)
         try:
-            raw = self.io.read(obj)
+            raw = self.io.read_bytes(obj)
         except PersistenceDataNotFoundException:
             if not self.io.exists(obj):
                 return None
@@ -329,7 +348,7 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
             )
         return state
 
-    def _parse(self, obj: str, model: Any, raw: str) -> Any:
+    def _parse(self, obj: str, model: Any, raw: bytes) -> Any:
         try:
             return model.model_validate_json(raw)
         except ValidationError as exc:
@@ -373,7 +392,7 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
         task_obj, lock_obj = names.task_obj_name(self.task_id), self.lock_obj_name
         if task_obj in stored:
             record.cleaning = True
-            self.io.write(task_obj, record.model_dump_json(), fence=self._fence)
+            self.io.write(task_obj, _json(record), fence=self._fence)
         for obj in sorted(stored - {task_obj, lock_obj}):
             self.io.remove(obj, fence=self._fence)
         self.io.remove(task_obj, fence=self._fence)
@@ -396,7 +415,7 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
             )
 
     def _write_task_state(self) -> None:
-        self.io.write(names.task_obj_name(self.task_id), self.task_state.model_dump_json(), fence=self._fence)
+        self.io.write(names.task_obj_name(self.task_id), _json(self.task_state), fence=self._fence)
 
     def _record_event(self, event: str, message: str) -> None:
         self.task_state.history.append(TaskEvent(event=event, message=message))
@@ -405,7 +424,7 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
     def _persist_stage(self, stage: BaseStage[Any]) -> None:
         """Write one stage's state; on failure reload it so memory never claims what storage lacks."""
         try:
-            self.io.write(stage.obj_name, stage.state.model_dump_json(), fence=self._fence)
+            self.io.write(stage.obj_name, _json(stage.state), fence=self._fence)
         except BaseException as exc:
             self._resync_stage(stage, exc)
             raise

@@ -118,16 +118,15 @@ class BaseStage(BaseModel, ABC, Generic[STAGE_STATE]):
         self, message: str, status: StageStatus, begin_ts: float, end_ts: float | None, *, reset: bool = False
     ) -> None:
         check_transition(self.state.status, status, reset=reset, stage=self.stage_name)
-        self.state.status = status
-        self.state.history.append(
-            StageStateHistoryEntry(
-                status=status,
-                message=message,
-                begin_ts=render_ts(begin_ts, self.timezone),
-                end_ts=None if end_ts is None else render_ts(end_ts, self.timezone),
-                attempt=self.state.attempts,
-            )
+        entry = StageStateHistoryEntry(
+            status=status,
+            message=message,
+            begin_ts=render_ts(begin_ts, self.timezone),
+            end_ts=None if end_ts is None else render_ts(end_ts, self.timezone),
+            attempt=self.state.attempts,
         )
+        self.state.status = status
+        self.state.history.append(entry)
         self.engine._persist_stage(self)
 
     @abstractmethod

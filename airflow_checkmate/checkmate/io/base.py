@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from airflow_checkmate.checkmate.exceptions import LeaseLostException, TaskEngineException
+from airflow_checkmate.checkmate.exceptions import (
+    LeaseLostException,
+    PersistenceDataNotFoundException,
+    TaskEngineException,
+)
 
 DEFAULT_LEASE_SECONDS = 30.0
 
@@ -59,9 +63,20 @@ class TaskIO(ABC):
         backend: type[TaskIO] = getattr(importlib.import_module(module), name)
         return backend(url, **kwargs)
 
-    @abstractmethod
     def read(self, obj_name: str) -> str:
-        """Read an object; raise PersistenceDataNotFoundException if it is missing or unreadable."""
+        """Read an object's text; raise PersistenceDataNotFoundException if it is missing or unreadable."""
+        raw = self.read_bytes(obj_name)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PersistenceDataNotFoundException(
+                f"stored object {self.build_url(obj_name)} is not UTF-8 text ({exc}); it was left in place. "
+                "Restore it, or clean the task to start over"
+            ) from exc
+
+    @abstractmethod
+    def read_bytes(self, obj_name: str) -> bytes:
+        """Read an object's bytes (what parsers take without another copy)."""
 
     @abstractmethod
     def write(self, obj_name: str, data: str | bytes, *, fence: Fence | None = None) -> None:

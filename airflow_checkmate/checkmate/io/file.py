@@ -42,7 +42,7 @@ class TaskIOFile(TaskIO):
         self, base_url: str | os.PathLike[str], *, lease_seconds: float = 30.0, durable: bool = True, **_: Any
     ) -> None:
         url = os.fspath(base_url)
-        path = url[len("file://") :] if url.startswith("file://") else url
+        path = url[len("file://") :] if url[:7].lower() == "file://" else url
         if not path:
             raise TaskIOException(f"TaskIOFile needs a folder, got {url!r}")
         self.base = Path(path).expanduser().resolve()
@@ -60,17 +60,12 @@ class TaskIOFile(TaskIO):
         """Return the filesystem path of an object."""
         return str(self._path(obj_name))
 
-    def read(self, obj_name: str) -> str:
-        """Read an object's text."""
+    def read_bytes(self, obj_name: str) -> bytes:
         path = self._path(obj_name)
         try:
-            return path.read_bytes().decode("utf-8")
+            return path.read_bytes()
         except FileNotFoundError:
             raise PersistenceDataNotFoundException(f"stored object {path} does not exist") from None
-        except UnicodeDecodeError as exc:
-            raise PersistenceDataNotFoundException(
-                f"stored object {path} is not UTF-8 text ({exc}); it was left in place"
-            ) from exc
         except OSError as exc:
             raise PersistenceDataNotFoundException(f"cannot read stored object {path}: {exc}") from exc
 
