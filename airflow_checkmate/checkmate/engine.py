@@ -599,6 +599,8 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
 
     def _cancel_from(self, index: int, message: str) -> None:
         stages = self.task_state.stage_templates
+        if self._fence is not None:
+            self.io.check_fence(self._fence)  # cleanup has effects outside storage: not for a lost lease
         begin = time.time()
         first = stages[index]
         note = ""
