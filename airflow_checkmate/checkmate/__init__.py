@@ -10,6 +10,7 @@ from airflow_checkmate.checkmate.exceptions import (
     LeaseLostException,
     MissingStateException,
     PersistenceDataNotFoundException,
+    StageInterrupted,
     TaskEngineException,
     TaskIOException,
 )
@@ -22,6 +23,7 @@ from airflow_checkmate.checkmate.models import (
 )
 from airflow_checkmate.checkmate.names import STAGE_NAME_MAX_LENGTH, TASK_ID_MAX_LENGTH
 from airflow_checkmate.checkmate.policy import RetryPolicy
+from airflow_checkmate.checkmate.snapshot import StageView, TaskSnapshot, read_snapshot
 from airflow_checkmate.checkmate.stage import BaseStage
 from airflow_checkmate.checkmate.status import StageStatus
 
@@ -37,12 +39,16 @@ __all__ = [
     "MissingStateException",
     "PersistenceDataNotFoundException",
     "RetryPolicy",
+    "StageInterrupted",
     "StageStateHistoryEntry",
     "StageStatus",
+    "StageView",
     "TaskEngineException",
     "TaskEngineState",
     "TaskEvent",
     "TaskIO",
     "TaskIOException",
     "TaskIOFile",
+    "TaskSnapshot",
+    "read_snapshot",
 ]

@@ -16,6 +16,7 @@ from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.exceptions import (
     LeaseLostException,
     PersistenceDataNotFoundException,
+    StageInterrupted,
     TaskEngineException,
 )
 from airflow_checkmate.checkmate.io.base import Fence, TaskIO
@@ -108,6 +109,8 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
         self._desynced = ""
         self._cancel_event = threading.Event()
         self.owner = ""
+        self._in_stage_code = False
+        self.interrupted: str = ""
 
     @staticmethod
     def _check_template(template: object) -> None:
@@ -492,8 +495,23 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
             self._cancel_event.clear()
         return self._cancel_event.is_set()
 
+    def interrupt(self, reason: str) -> None:
+        """Stop the run promptly: raise StageInterrupted into running stage code, or at the next boundary.
+
+        Meant for a signal handler in the thread that runs :meth:`execute` (Airflow calls ``on_kill``
+        from its SIGTERM handler): when stage code is running, the exception is raised right here and
+        so surfaces inside the stage; while the engine itself is writing, it is deferred to the next
+        stage boundary so no write is torn. ``interrupted`` keeps the reason.
+        """
+        self.interrupted = reason or "interrupted"
+        if self._in_stage_code and threading.current_thread() is threading.main_thread():
+            self._in_stage_code = False
+            raise StageInterrupted(self.interrupted)
+
     def _stage_boundary(self) -> None:
         self._require_bound()
+        if self.interrupted:
+            raise StageInterrupted(self.interrupted)
         if self._cancel_pending():
             reason = "cancel requested"
             with contextlib.suppress(PersistenceDataNotFoundException):
@@ -534,7 +552,11 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
         stage.update_status(message, S.RUNNING, begin)
         log.info("%s: attempt %d/%d started", where, state.attempts, self.max_attempts)
         try:
-            stage.execute_stage(previous)
+            self._in_stage_code = True
+            try:
+                stage.execute_stage(previous)
+            finally:
+                self._in_stage_code = False
         except BaseException as exc:
             self._stage_failed(stage, exc, where, begin)
             raise  # _stage_failed raises for Exceptions; others (KeyboardInterrupt...) propagate as is

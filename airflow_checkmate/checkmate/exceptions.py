@@ -38,3 +38,11 @@ class TaskIOException(Exception):
 
     The object's previous stored version, if any, is unchanged.
     """
+
+
+class StageInterrupted(BaseException):
+    """Raised into running stage code by :meth:`CheckMateEngine.interrupt` (e.g. Airflow's ``on_kill``).
+
+    A BaseException, so stage code's ``except Exception`` does not swallow it. The stage is recorded
+    as failed by an interruption (RETRY while attempts are left, else ERROR) and stays resumable.
+    """

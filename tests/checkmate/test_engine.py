@@ -294,3 +294,33 @@ def test_lock_is_released_and_files_private(base: Path) -> None:
     assert not (base / "priv" / "task.lock").exists()
     for path in (base / "priv").iterdir():
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_interrupt_from_a_signal_handler_stops_stage_code_and_leaves_task_resumable(
+    fast_io: TaskIO, tmp_path: Path
+) -> None:
+    """What Airflow's on_kill does: a SIGTERM handler interrupts the sleeping stage at once."""
+    journal = tmp_path / "journal"
+    engine = CheckMateEngine(fast_io, "intr", make_stages(3, str(journal), sleep_seconds=30), RetryPolicy.RETRY, 3)
+    previous = signal.signal(signal.SIGALRM, lambda *_: engine.interrupt("marked failed in the UI"))
+    try:
+        with engine:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            started = time.monotonic()
+            with pytest.raises(cm.StageInterrupted, match="marked failed"):
+                engine.execute()
+            assert time.monotonic() - started < 5
+            assert engine.stages[0].state.status is S.RETRY
+            assert "StageInterrupted: marked failed in the UI" in engine.stages[0].state.history[-1].message
+            assert engine.check_sync()
+        assert not engine.has_lockfile
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert [w[:2] for w in read_journal(journal)] == [["start", "s1"], ["rollback", "s1"]]
+
+    resumed = CheckMateEngine(fast_io, "intr", make_stages(3, str(journal)), RetryPolicy.RETRY, 3)
+    with resumed:
+        resumed.execute()
+        assert resumed.task_result == expected_result(3)
+    assert starts(journal) == ["s1", "s1", "s2", "s3"]
