@@ -23,7 +23,7 @@ from airflow_checkmate.checkmate.io.base import Fence, TaskIO
 from airflow_checkmate.checkmate.lease import LeaseKeeper, LeaseRecord, acquire
 from airflow_checkmate.checkmate.models import TASK_SCHEMA_VERSION, BaseStageState, TaskEngineState, TaskEvent
 from airflow_checkmate.checkmate.policy import AttemptPolicy, RetryPolicy
-from airflow_checkmate.checkmate.render import render_stages
+from airflow_checkmate.checkmate.render import render_stages, render_table
 from airflow_checkmate.checkmate.stage import BaseStage
 from airflow_checkmate.checkmate.status import StageStatus, check_sequence, overall_status
 
@@ -709,6 +709,10 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
     ) -> str:
         """A Markdown summary of every stage (status, attempts, history, state) and the stored objects."""
         return render_stages(self, source, color, basenames_only, source_in_heading)
+
+    def stage_table(self) -> str:
+        """A compact Markdown table of the stages: number, name, status, attempts, last change."""
+        return render_table(self)
 
     def log_stages(
         self,

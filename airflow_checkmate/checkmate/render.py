@@ -76,3 +76,14 @@ def render_stages(
     stored = engine.io.list(names.task_prefix(engine.task_id))
     lines += [f"- {show(obj)}" for obj in stored] or ["- (none)"]
     return "\n".join(lines) + "\n"
+
+
+def render_table(engine: "CheckMateEngine[Any, Any]") -> str:
+    """A compact Markdown table of the stages (no state): what a log needs after every run."""
+    rows = ["| # | stage | status | attempts | last change |", "|---|---|---|---|---|"]
+    stages = engine.task_state.stage_templates
+    for index, stage in enumerate(stages, 1):
+        state = stage.state
+        last = _cell(state.history[-1].message[:160]) if state.history else ""
+        rows.append(f"| {index}/{len(stages)} | {stage.stage_name} | {state.status} | {state.attempts} | {last} |")
+    return "\n".join(rows) + "\n"

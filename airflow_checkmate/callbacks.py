@@ -1,0 +1,46 @@
+"""Ready-made Airflow callbacks for CheckMate tasks."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from airflow_checkmate.checkmate import BindException, CheckMateEngine, StageStatus
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+log = logging.getLogger(__name__)
+
+
+def cancel_checkmate_task(context: Context) -> None:
+    """``on_failure_callback`` for a CheckMateOperator: cancel its CheckMate task and run the cleanup.
+
+    The first incomplete stage's ``cancel()`` runs once and the task becomes CANCELED, so stored state
+    shows it was given up on; clearing the Airflow task later resets and resumes it. A task already
+    COMPLETE, ERROR or CANCELED is left as it is. If another process still holds the task, a cancel
+    request is left for it to honour at its next stage boundary.
+    """
+    from airflow_checkmate.operators.checkmate import CheckMateOperator
+
+    operator = context["task"]
+    if not isinstance(operator, CheckMateOperator):
+        log.warning("cancel_checkmate_task is meant for a CheckMateOperator, not %s", type(operator).__name__)
+        return
+    engine: CheckMateEngine[Any, Any] = operator.build_engine(context)
+    try:
+        engine.bind()
+    except BindException:
+        log.warning("CheckMate task %s is held by a live process: leaving it a cancel request", engine.task_id)
+        CheckMateEngine.request_cancel(engine.io, engine.task_id, "the Airflow task failed")
+        return
+    try:
+        if engine.status in (StageStatus.COMPLETE, StageStatus.ERROR, StageStatus.CANCELED):
+            log.info("CheckMate task %s is %s: nothing to cancel", engine.task_id, engine.status)
+            return
+        engine.cancel()
+        log.warning(
+            "CheckMate task %s canceled after the Airflow task failed:\n%s", engine.task_id, engine.stage_table()
+        )
+    finally:
+        engine.unbind()

@@ -1,0 +1,48 @@
+"""Provider metadata read by Airflow through the ``apache_airflow_provider`` entry point."""
+
+from typing import Any
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-checkmate",
+        "name": "CheckMate",
+        "description": "Resumable, checkpointed, multi-stage tasks: each Airflow try resumes at the stage "
+        "where the last one stopped.",
+        "versions": ["0.1.0"],
+        "integrations": [{"integration-name": "CheckMate", "tags": ["software"]}],
+        "operators": [{"integration-name": "CheckMate", "python-modules": ["airflow_checkmate.operators.checkmate"]}],
+        "sensors": [{"integration-name": "CheckMate", "python-modules": ["airflow_checkmate.sensors.checkmate"]}],
+        "hooks": [{"integration-name": "CheckMate", "python-modules": ["airflow_checkmate.hooks.checkmate"]}],
+        "triggers": [{"integration-name": "CheckMate", "python-modules": ["airflow_checkmate.triggers.checkmate"]}],
+        "extra-links": ["airflow_checkmate.operators.checkmate.CheckMateStateLink"],
+        "connection-types": [
+            {
+                "connection-type": "checkmate",
+                "hook-class-name": "airflow_checkmate.hooks.checkmate.CheckMateHook",
+                "hook-name": "CheckMate",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["host", "schema", "port", "login", "password"],
+                    "relabeling": {},
+                    "placeholders": {"extra": '{"base_url": "file:///var/lib/checkmate", "lease_seconds": 30}'},
+                },
+                "conn-fields": {
+                    "base_url": {
+                        "label": "Storage base URL",
+                        "description": "Where stage state is kept: file:///path or a plain path",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "lease_seconds": {
+                        "label": "Lock lease (seconds)",
+                        "description": "A lock without a heartbeat for this long is taken over (default 30)",
+                        "schema": {"type": ["number", "null"], "minimum": 1},
+                    },
+                    "durable": {
+                        "label": "Durable writes (fsync)",
+                        "description": "fsync every checkpoint (default true)",
+                        "schema": {"type": ["boolean", "null"]},
+                    },
+                },
+            }
+        ],
+    }

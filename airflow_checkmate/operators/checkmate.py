@@ -1,0 +1,211 @@
+"""CheckMateOperator: run a CheckMate task in Airflow so every try resumes where the last one stopped."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, BaseOperatorLink
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from airflow_checkmate.checkmate import (
+    BaseStage,
+    BindException,
+    CheckMateEngine,
+    RetryPolicy,
+    StageInterrupted,
+    StageStatus,
+    TaskEngineException,
+)
+from airflow_checkmate.hooks.checkmate import CheckMateHook
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from airflow.sdk.types import TaskInstanceKey
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def derive_checkmate_task_id(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
+    """The default CheckMate task id of an Airflow task instance: the same for every try and clear of a run.
+
+    Readable (dag, task, run) where the engine's character set allows, plus a hash of the exact key so
+    two runs whose ids differ only in other characters never share a task.
+    """
+    key = f"{dag_id}\n{task_id}\n{run_id}\n{map_index}"
+    readable = _UNSAFE.sub("_", f"{dag_id}.{task_id}.{run_id}" + (f".{map_index}" if map_index >= 0 else ""))
+    readable = re.sub(r"\.{2,}", ".", readable).strip(".-_")[:160]
+    return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def state_url(checkmate_task_id: str, checkmate_conn_id: str) -> str:
+    """Where the provider's plugin shows a task's stage state, relative to the Airflow UI."""
+    return f"/checkmate/tasks/{checkmate_task_id}?conn_id={checkmate_conn_id}"
+
+
+class CheckMateStateLink(BaseOperatorLink):
+    """Extra link to the CheckMate task's stage state (served by the provider's plugin)."""
+
+    name = "CheckMate state"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        task_id = getattr(operator, "checkmate_task_id", None) or derive_checkmate_task_id(
+            ti_key.dag_id, ti_key.task_id, ti_key.run_id, ti_key.map_index
+        )
+        return state_url(task_id, getattr(operator, "checkmate_conn_id", CheckMateHook.default_conn_name))
+
+
+class CheckMateOperator(BaseOperator):
+    """Run a CheckMate task: each Airflow try binds, executes from the first incomplete stage, unbinds.
+
+    An engine RETRY becomes an Airflow retry (AirflowException), an engine ERROR fails the task without
+    further tries (AirflowFailException), a lock held by a live process is retried later. A task in
+    ERROR or CANCELED that a person clears resumes at the stopped stage. The task result goes to XCom.
+
+    :param stage_templates: the stages, in order (BaseStage instances). Or:
+    :param checkmate_factory: a callable, or its dotted path, returning the stages or a CheckMateEngine;
+        called with ``factory_kwargs``.
+    :param factory_kwargs: keyword arguments for the factory (templated).
+    :param checkmate_task_id: the CheckMate task id (templated); by default derived from the dag id,
+        task id, run id and map index, so it is stable across tries and clears of one run.
+    :param checkmate_conn_id: connection of type ``checkmate`` (the embedded default if not defined).
+    :param retry_policy: the engine's RetryPolicy (``airflow_checkmate.checkmate.RetryPolicy``); by
+        default RETRY when ``max_attempts`` > 1. An Airflow ``retry_policy`` object (Airflow 3.3+) given
+        here is passed on to Airflow unchanged.
+    :param max_attempts: attempts per stage; by default the Airflow task's ``retries + 1``.
+    :param bind_lock_timeout: seconds to wait for another holder of the task's lock (None: fail at once).
+    :param strict_recovery: re-run a stage left RUNNING by a dead worker (default True).
+    :param auto_cleanup: remove the task's stored state when the try ends.
+    """
+
+    template_fields: Sequence[str] = ("checkmate_task_id", "factory_kwargs")
+    template_fields_renderers = {"factory_kwargs": "json"}
+    ui_color = "#d8f3dc"
+    operator_extra_links = (CheckMateStateLink(),)
+
+    def __init__(
+        self,
+        *,
+        stage_templates: Sequence[BaseStage[Any]] | None = None,
+        checkmate_factory: Callable[..., Any] | str | None = None,
+        factory_kwargs: dict[str, Any] | None = None,
+        checkmate_task_id: str | None = None,
+        checkmate_conn_id: str = CheckMateHook.default_conn_name,
+        retry_policy: RetryPolicy | Any = None,
+        max_attempts: int | None = None,
+        bind_lock_timeout: float | None = None,
+        strict_recovery: bool = True,
+        auto_cleanup: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            kwargs["retry_policy"] = retry_policy  # Airflow's own retry policy: BaseOperator's business
+        super().__init__(**kwargs)
+        if (stage_templates is None) == (checkmate_factory is None):
+            raise ValueError(f"{self.task_id}: pass exactly one of stage_templates or checkmate_factory")
+        self.stage_templates = list(stage_templates) if stage_templates is not None else None
+        self.checkmate_factory = checkmate_factory
+        self.factory_kwargs = factory_kwargs or {}
+        self.checkmate_task_id = checkmate_task_id
+        self.checkmate_conn_id = checkmate_conn_id
+        self.checkmate_retry_policy = retry_policy if isinstance(retry_policy, RetryPolicy) else None
+        self.max_attempts = max_attempts
+        self.bind_lock_timeout = bind_lock_timeout
+        self.strict_recovery = strict_recovery
+        self.auto_cleanup = auto_cleanup
+        self._engine: CheckMateEngine[Any, Any] | None = None
+        self._killed = ""
+
+    @cached_property
+    def hook(self) -> CheckMateHook:
+        return CheckMateHook(checkmate_conn_id=self.checkmate_conn_id)
+
+    def resolve_task_id(self, context: Context) -> str:
+        """The CheckMate task id for this task instance."""
+        if self.checkmate_task_id:
+            return self.checkmate_task_id
+        ti = context["ti"]
+        return derive_checkmate_task_id(ti.dag_id, ti.task_id, ti.run_id, ti.map_index or -1)
+
+    def build_engine(self, context: Context) -> CheckMateEngine[Any, Any]:
+        """The engine for this try: from the templates, or from what the factory returns."""
+        stages: Any = self.stage_templates
+        if stages is None:
+            factory = self.checkmate_factory
+            if isinstance(factory, str):
+                module, _, name = factory.rpartition(".")
+                factory = getattr(importlib.import_module(module), name)
+            stages = factory(**self.factory_kwargs)  # type: ignore[misc]
+        if isinstance(stages, CheckMateEngine):
+            return stages
+        attempts = self.max_attempts or (int(self.retries or 0) + 1)
+        policy = self.checkmate_retry_policy or (RetryPolicy.RETRY if attempts > 1 else RetryPolicy.NONE)
+        return CheckMateEngine(
+            self.hook.io,
+            self.resolve_task_id(context),
+            stages,
+            retry_policy=policy,
+            max_attempts=attempts,
+            bind_lock_timeout=self.bind_lock_timeout,
+            auto_cleanup=self.auto_cleanup,
+        )
+
+    def execute(self, context: Context) -> Any:
+        ti = context["ti"]
+        engine = self.build_engine(context)
+        ti.xcom_push(key=CheckMateStateLink().xcom_key, value=state_url(engine.task_id, self.checkmate_conn_id))
+        engine.owner = f"airflow {ti.dag_id}.{ti.task_id} run {ti.run_id} try {ti.try_number}"
+        self.log.info("CheckMate task %s at %s", engine.task_id, engine.io.build_url(engine.task_id))
+        try:
+            engine.bind()
+        except BindException as exc:
+            raise AirflowException(
+                f"CheckMate task {engine.task_id} is held by another process; retry later: {exc}"
+            ) from exc
+        self._engine = engine
+        try:
+            return self._run(engine)
+        finally:
+            self._engine = None
+            engine.unbind()
+
+    def _run(self, engine: CheckMateEngine[Any, Any]) -> Any:
+        status = engine.status
+        if status in (StageStatus.ERROR, StageStatus.CANCELED):
+            self.log.warning(
+                "CheckMate task %s is %s and this task was run again (cleared): resetting", engine.task_id, status
+            )
+            engine.reset()
+        done = sum(1 for s in engine.stages if s.state.status is StageStatus.COMPLETE)
+        if done:
+            self.log.info("Resuming at stage %d/%d: %d stage(s) already COMPLETE", done + 1, len(engine.stages), done)
+        try:
+            engine.execute(strict_recovery=self.strict_recovery)
+        except StageInterrupted as exc:
+            raise AirflowException(f"CheckMate task {engine.task_id} was interrupted: {exc}") from exc
+        except TaskEngineException as exc:
+            self.log.info("Stages:\n%s", engine.stage_table())
+            if engine.status is StageStatus.RETRY:
+                raise AirflowException(f"CheckMate stage failed and will be retried: {exc}") from exc
+            raise AirflowFailException(f"CheckMate task {engine.task_id} is {engine.status}: {exc}") from exc
+        except Exception as exc:
+            self.log.info("Stages:\n%s", engine.stage_table())
+            raise AirflowFailException(
+                f"CheckMate task {engine.task_id} is {engine.status}: {type(exc).__name__}: {exc}"
+            ) from exc
+        self.log.info("Stages:\n%s", engine.stage_table())
+        if self._killed:
+            raise AirflowException(f"CheckMate task {engine.task_id} finished but the try was killed: {self._killed}")
+        return engine.task_result
+
+    def on_kill(self) -> None:
+        """Interrupt the running stage at once (Airflow calls this on SIGTERM); the try never succeeds."""
+        self._killed = "Airflow stopped the task (SIGTERM: marked failed/success in the UI, timeout or shutdown)"
+        engine = self._engine
+        if engine is not None and engine.bound:
+            self.log.warning("on_kill: interrupting CheckMate task %s", engine.task_id)
+            engine.interrupt(self._killed)
