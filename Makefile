@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q
 QUIET := sed -u '/is ignored: it is neither a file nor a directory/d'
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo engine-demo test lint typecheck unit clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version'
@@ -25,6 +25,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-base
 
 demo: $(VENV)/.installed-base
+	$(BIN)/python examples/airflow_demo.py
+
+engine-demo: $(VENV)/.installed-base
 	$(BIN)/python examples/engine_demo.py
 
 lint: $(VENV)/.installed-test
