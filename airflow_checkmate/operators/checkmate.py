@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
@@ -42,9 +43,10 @@ def derive_checkmate_task_id(dag_id: str, task_id: str, run_id: str, map_index: 
     return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def state_url(checkmate_task_id: str, checkmate_conn_id: str) -> str:
+def state_url(checkmate_task_id: str, checkmate_conn_id: str, dag_id: str) -> str:
     """Where the provider's plugin shows a task's stage state, relative to the Airflow UI."""
-    return f"/checkmate/tasks/{checkmate_task_id}?conn_id={checkmate_conn_id}"
+    query = urlencode({"dag_id": dag_id, "conn_id": checkmate_conn_id})
+    return f"/checkmate/tasks/{checkmate_task_id}?{query}"
 
 
 class CheckMateStateLink(BaseOperatorLink):
@@ -56,7 +58,8 @@ class CheckMateStateLink(BaseOperatorLink):
         task_id = getattr(operator, "checkmate_task_id", None) or derive_checkmate_task_id(
             ti_key.dag_id, ti_key.task_id, ti_key.run_id, ti_key.map_index
         )
-        return state_url(task_id, getattr(operator, "checkmate_conn_id", CheckMateHook.default_conn_name))
+        conn_id = getattr(operator, "checkmate_conn_id", CheckMateHook.default_conn_name)
+        return state_url(task_id, conn_id, ti_key.dag_id)
 
 
 class CheckMateOperator(BaseOperator):
@@ -157,7 +160,9 @@ class CheckMateOperator(BaseOperator):
     def execute(self, context: Context) -> Any:
         ti = context["ti"]
         engine = self.build_engine(context)
-        ti.xcom_push(key=CheckMateStateLink().xcom_key, value=state_url(engine.task_id, self.checkmate_conn_id))
+        ti.xcom_push(
+            key=CheckMateStateLink().xcom_key, value=state_url(engine.task_id, self.checkmate_conn_id, ti.dag_id)
+        )
         engine.owner = f"airflow {ti.dag_id}.{ti.task_id} run {ti.run_id} try {ti.try_number}"
         self.log.info("CheckMate task %s at %s", engine.task_id, engine.io.build_url(engine.task_id))
         try:
