@@ -109,6 +109,7 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
         self._desynced = ""
         self._cancel_event = threading.Event()
         self.owner = ""
+        self.labels: dict[str, str] = {}
         self._in_stage_code = False
         self.interrupted: str = ""
 
@@ -288,14 +289,18 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
                     f"task {self.task_id!r} has stage objects but no {names.TASK_OBJECT}: {leftovers[:5]}; "
                     "they were left in place. Inspect and remove them, or use another task id"
                 )
+        changed = task_obj not in stored or taken_over is not None
         if task_obj not in stored:
             self.task_state = fresh
             self.task_state.history.append(TaskEvent(event="created", message=f"{len(fresh.stage_names)} stages"))
+        if self.labels and {**self.task_state.labels, **self.labels} != self.task_state.labels:
+            self.task_state.labels = {**self.task_state.labels, **self.labels}
+            changed = True
         if taken_over is not None:
             self.task_state.history.append(
                 TaskEvent(event="lock takeover", message=f"took over from {taken_over.describe()}")
             )
-        if task_obj not in stored or taken_over is not None:
+        if changed:
             self._write_task_state()
 
     def _check_same_task(self, record: TaskEngineState[Any]) -> None:
@@ -644,10 +649,15 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
 
         :param stage_name: None: the ERROR or CANCELED stage goes to RETRY with attempts back to 0 and
             the CANCELED stages after it to CREATED. A name: that stage and every stage after it go
-            back to CREATED with their template state ("restart from here").
+            back to CREATED with their template state ("restart from here"); it must not come after
+            the first incomplete stage.
+
+        Stages are written from the last to the first, so every intermediate stored sequence is valid
+        and a reset cut short by a crash can simply be made again.
         """
         self._require_bound()
         stages = self.task_state.stage_templates
+        frontier = self._first_incomplete()
         now = time.time()
         if stage_name is None:
             index = next((i for i, s in enumerate(stages) if s.state.status in (S.ERROR, S.CANCELED)), None)
@@ -656,17 +666,22 @@ class CheckMateEngine(Generic[STAGE, STAGE_RESULT]):
                     f"task {self.task_id!r} is {self.status}: no ERROR or CANCELED stage to reset; pass "
                     "stage_name to restart from a stage"
                 )
-            first = stages[index]
-            self._reset_stage(first, S.RETRY, f"reset from {first.state.status}", now, keep_state=True)
-            for stage in stages[index + 1 :]:
-                self._reset_stage(stage, S.CREATED, "reset with the task", now, keep_state=True)
+            plan = [(stages[index], S.RETRY, f"reset from {stages[index].state.status}")]
+            plan += [(stage, S.CREATED, "reset with the task") for stage in stages[index + 1 :]]
         else:
-            index = next((i for i, s in enumerate(stages) if s.stage_name == stage_name), None)
-            if index is None:
+            index = self._stage_index.get(stage_name, -1)
+            if index < 0:
                 known = ", ".join(self.task_state.stage_names)
                 raise TaskEngineException(f"task {self.task_id!r} has no stage {stage_name!r}; stages: {known}")
-            for stage in stages[index:]:
-                self._reset_stage(stage, S.CREATED, f"restart from stage {stage_name!r}", now, keep_state=False)
+            if index > frontier:
+                raise TaskEngineException(
+                    f"cannot restart task {self.task_id!r} from stage {stage_name!r}: stage "
+                    f"{stages[frontier].stage_name!r} before it is {stages[frontier].state.status}, not COMPLETE. "
+                    f"Restart from {stages[frontier].stage_name!r} or earlier, or call reset()"
+                )
+            plan = [(stage, S.CREATED, f"restart from stage {stage_name!r}") for stage in stages[index:]]
+        for stage, status, message in reversed(plan):
+            self._reset_stage(stage, status, message, now, keep_state=stage_name is None)
         self.io.remove(names.cancel_obj_name(self.task_id), fence=self._fence)
         self._cancel_event.clear()
         self._record_event("reset", f"from stage {stages[index].stage_name!r}")

@@ -105,5 +105,8 @@ class TaskEngineState(BaseModel, Generic[STAGE]):
     stage_template_classes: list[str] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     cleaning: bool = Field(default=False, title="Set while the task's objects are being removed")
+    labels: dict[str, str] = Field(
+        default_factory=dict, title="Who runs the task, e.g. the Airflow DAG, task and run ids; checked by viewers"
+    )
     history: list[TaskEvent] = Field(default_factory=list)
     stage_templates: list[Any] = Field(default_factory=list, exclude=True)

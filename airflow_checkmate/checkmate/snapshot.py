@@ -38,6 +38,7 @@ class TaskSnapshot(BaseModel):
     stages: list[StageView]
     status: StageStatus
     locked: bool
+    labels: dict[str, str] = {}
 
     @property
     def done(self) -> int:
@@ -86,6 +87,7 @@ def read_snapshot(io: TaskIO, task_id: str) -> TaskSnapshot | None:
         stages=views,
         status=overall_status(statuses),
         locked=names.lock_obj_name(task_id) in stored,
+        labels=record.labels,
     )
 
 

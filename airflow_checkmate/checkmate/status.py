@@ -46,11 +46,11 @@ TRANSITIONS: frozenset[tuple[StageStatus, StageStatus]] = frozenset(
     }
 )
 
-#: Transitions that only an explicit reset may make ("make this stage runnable again").
+#: Transitions that only an explicit reset may make: a stopped stage becomes runnable again (RETRY,
+#: or CREATED for "restart from here", which also covers the RETRY/RUNNING/CREATED stages behind it).
 RESET_TRANSITIONS: frozenset[tuple[StageStatus, StageStatus]] = frozenset(
-    (old, new)
-    for old in (S.ERROR, S.CANCELED, S.COMPLETE, S.RUNNING, S.RETRY, S.CREATED)
-    for new in (S.RETRY, S.CREATED)
+    {(old, S.RETRY) for old in (S.ERROR, S.CANCELED, S.COMPLETE)}
+    | {(old, S.CREATED) for old in (S.ERROR, S.CANCELED, S.COMPLETE, S.RETRY, S.RUNNING, S.CREATED)}
 )
 
 #: Statuses a stage may be found in when its stored state is loaded at bind.
@@ -77,7 +77,8 @@ def check_sequence(statuses: Sequence[StageStatus], names: Sequence[str] | None 
     """Raise TaskEngineException unless the stage statuses form a valid task.
 
     Valid: all UNBOUND; ``COMPLETE* [X] CREATED*`` with X in CREATED, RUNNING, RETRY, ERROR; or
-    ``COMPLETE* CANCELED+``.
+    ``COMPLETE* CANCELED+ CREATED*`` (a canceled task; the CREATED tail is what a reset leaves while it
+    is written back to front, so a reset cut short by a crash still binds, and reset() finishes it).
     """
     n = len(statuses)
     if all(s is S.UNBOUND for s in statuses):
@@ -88,6 +89,8 @@ def check_sequence(statuses: Sequence[StageStatus], names: Sequence[str] | None 
     if i < n and statuses[i] is S.CANCELED:
         j = i
         while j < n and statuses[j] is S.CANCELED:
+            j += 1
+        while j < n and statuses[j] is S.CREATED:
             j += 1
     else:
         j = i + 1 if i < n and statuses[i] in _FRONTIER_STATUSES else i

@@ -71,8 +71,9 @@ class CheckMateHook(BaseHook):
         self._mask_url_password(base_url)
         options: dict[str, Any] = {}
         try:
-            options["lease_seconds"] = float(config.get("lease_seconds") or DEFAULT_LEASE_SECONDS)
-            if "durable" in config:
+            lease = config.get("lease_seconds")
+            options["lease_seconds"] = DEFAULT_LEASE_SECONDS if lease in (None, "") else float(lease)
+            if config.get("durable") not in (None, ""):
                 options["durable"] = _as_bool(config["durable"])
             return TaskIO.from_base_url(base_url, **options)
         except (TaskEngineException, TaskIOException, ValueError) as exc:

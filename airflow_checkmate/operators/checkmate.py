@@ -40,7 +40,7 @@ def derive_checkmate_task_id(dag_id: str, task_id: str, run_id: str, map_index: 
     key = f"{dag_id}\n{task_id}\n{run_id}\n{map_index}"
     readable = _UNSAFE.sub("_", f"{dag_id}.{task_id}.{run_id}" + (f".{map_index}" if map_index >= 0 else ""))
     readable = re.sub(r"\.{2,}", ".", readable).strip(".-_")[:160]
-    return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return f"{readable or 'task'}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def state_url(checkmate_task_id: str, checkmate_conn_id: str, dag_id: str) -> str:
@@ -79,7 +79,8 @@ class CheckMateOperator(BaseOperator):
     :param retry_policy: the engine's RetryPolicy (``airflow_checkmate.checkmate.RetryPolicy``); by
         default RETRY when ``max_attempts`` > 1. An Airflow ``retry_policy`` object (Airflow 3.3+) given
         here is passed on to Airflow unchanged.
-    :param max_attempts: attempts per stage; by default the Airflow task's ``retries + 1``.
+    :param max_attempts: attempts per stage; by default the Airflow task's ``retries + 1`` (1 under
+        RetryPolicy.NONE).
     :param bind_lock_timeout: seconds to wait for another holder of the task's lock (None: fail at once).
     :param strict_recovery: re-run a stage left RUNNING by a dead worker (default True).
     :param auto_cleanup: remove the task's stored state when the try ends.
@@ -105,6 +106,10 @@ class CheckMateOperator(BaseOperator):
         auto_cleanup: bool = False,
         **kwargs: Any,
     ) -> None:
+        if isinstance(retry_policy, str):
+            if retry_policy.upper() not in RetryPolicy.__members__:
+                raise ValueError(f"retry_policy {retry_policy!r} is not a CheckMate RetryPolicy (NONE or RETRY)")
+            retry_policy = RetryPolicy[retry_policy.upper()]
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
             kwargs["retry_policy"] = retry_policy  # Airflow's own retry policy: BaseOperator's business
         super().__init__(**kwargs)
@@ -132,7 +137,7 @@ class CheckMateOperator(BaseOperator):
         if self.checkmate_task_id:
             return self.checkmate_task_id
         ti = context["ti"]
-        return derive_checkmate_task_id(ti.dag_id, ti.task_id, ti.run_id, ti.map_index or -1)
+        return derive_checkmate_task_id(ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index)
 
     def build_engine(self, context: Context) -> CheckMateEngine[Any, Any]:
         """The engine for this try: from the templates, or from what the factory returns."""
@@ -145,7 +150,12 @@ class CheckMateOperator(BaseOperator):
             stages = factory(**self.factory_kwargs)  # type: ignore[misc]
         if isinstance(stages, CheckMateEngine):
             return stages
-        attempts = self.max_attempts or (int(self.retries or 0) + 1)
+        if self.max_attempts:
+            attempts = self.max_attempts
+        elif self.checkmate_retry_policy is RetryPolicy.NONE:
+            attempts = 1
+        else:
+            attempts = int(self.retries or 0) + 1
         policy = self.checkmate_retry_policy or (RetryPolicy.RETRY if attempts > 1 else RetryPolicy.NONE)
         return CheckMateEngine(
             self.hook.io,
@@ -164,6 +174,7 @@ class CheckMateOperator(BaseOperator):
             key=CheckMateStateLink().xcom_key, value=state_url(engine.task_id, self.checkmate_conn_id, ti.dag_id)
         )
         engine.owner = f"airflow {ti.dag_id}.{ti.task_id} run {ti.run_id} try {ti.try_number}"
+        engine.labels = {"airflow_dag_id": ti.dag_id, "airflow_task_id": ti.task_id, "airflow_run_id": ti.run_id}
         self.log.info("CheckMate task %s at %s", engine.task_id, engine.io.build_url(engine.task_id))
         try:
             engine.bind()

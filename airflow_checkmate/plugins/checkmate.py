@@ -72,8 +72,11 @@ def create_app() -> FastAPI:
             snapshot = read_snapshot(CheckMateHook(conn_id).io, checkmate_task_id)
         except TaskEngineException as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
-        if snapshot is None:
-            raise HTTPException(status_code=404, detail=f"no CheckMate task {checkmate_task_id!r} is stored")
+        if snapshot is None or snapshot.labels.get("airflow_dag_id") != dag_id:
+            # Also for a task of another DAG: access to one DAG must not reveal another's state.
+            raise HTTPException(
+                status_code=404, detail=f"no CheckMate task {checkmate_task_id!r} is stored for DAG {dag_id!r}"
+            )
         return _render(snapshot)
 
     return app

@@ -62,7 +62,11 @@ class CheckMateTrigger(BaseTrigger):
                     last = progress
                 if snapshot.status in TERMINAL:
                     yield TriggerEvent(
-                        {"status": snapshot.status.value, "result": snapshot.result, "progress": progress}
+                        {
+                            "status": snapshot.status.value,
+                            "result": snapshot.result if snapshot.status is StageStatus.COMPLETE else None,
+                            "progress": progress,
+                        }
                     )
                     return
             else:
