@@ -7,11 +7,10 @@ through a marker file next to the stored state, so a second run of the DAG fails
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
-
-from pydantic import Field
 
 from airflow.sdk import DAG
+from pydantic import Field
+
 from airflow_checkmate.checkmate import BaseStage, BaseStageState
 from airflow_checkmate.hooks.checkmate import default_home
 from airflow_checkmate.operators.checkmate import CheckMateOperator
