@@ -17,9 +17,11 @@ def cancel_checkmate_task(context: Context) -> None:
     """``on_failure_callback`` for a CheckMateOperator: cancel its CheckMate task and run the cleanup.
 
     The first incomplete stage's ``cancel()`` runs once and the task becomes CANCELED, so stored state
-    shows it was given up on; clearing the Airflow task later resets and resumes it. A task already
-    COMPLETE, ERROR or CANCELED is left as it is. If another process still holds the task, a cancel
-    request is left for it to honour at its next stage boundary.
+    shows it was given up on; clearing the Airflow task later resets and resumes it. A task in ERROR
+    (the usual case: its last attempt failed) is reset first, as the state machine allows no
+    ERROR -> CANCELED, so its history reads ERROR, RETRY (reset), CANCELED. A task already COMPLETE or
+    CANCELED is left as it is. If another process still holds the task, a cancel request is left for
+    it to honour at its next stage boundary.
     """
     from airflow_checkmate.operators.checkmate import CheckMateOperator
 
@@ -35,9 +37,11 @@ def cancel_checkmate_task(context: Context) -> None:
         CheckMateEngine.request_cancel(engine.io, engine.task_id, "the Airflow task failed")
         return
     try:
-        if engine.status in (StageStatus.COMPLETE, StageStatus.ERROR, StageStatus.CANCELED):
+        if engine.status in (StageStatus.COMPLETE, StageStatus.CANCELED):
             log.info("CheckMate task %s is %s: nothing to cancel", engine.task_id, engine.status)
             return
+        if engine.status is StageStatus.ERROR:
+            engine.reset()
         engine.cancel()
         log.warning(
             "CheckMate task %s canceled after the Airflow task failed:\n%s", engine.task_id, engine.stage_table()

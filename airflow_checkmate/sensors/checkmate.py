@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_checkmate.checkmate import StageStatus, TaskSnapshot, read_snapshot
 from airflow_checkmate.hooks.checkmate import CheckMateHook
@@ -70,7 +70,12 @@ class CheckMateSensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        poked = self.poke(context)
+        try:
+            poked = self.poke(context)
+        except AirflowFailException as exc:
+            if self.soft_fail or getattr(self, "never_fail", False):
+                raise AirflowSkipException(f"Skipping as soft_fail or never_fail is set: {exc}") from exc
+            raise
         if poked.is_done:
             return poked.xcom_value
         self.defer(

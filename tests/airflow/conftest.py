@@ -38,12 +38,19 @@ class AirflowEnv:
         """Where the embedded default keeps CheckMate state for this home."""
         return self.home / "checkmate" / "state"
 
-    def run(self, *args: str, timeout: float = 300, extra_env: dict[str, str] | None = None,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 300, extra_env: dict[str, str] | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``airflow ARGS`` and return the finished process (stdout and stderr merged into stdout)."""
         proc = subprocess.run(
-            [AIRFLOW, *args], env={**self.env, **(extra_env or {})}, cwd=self.home, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, check=False,
+            [AIRFLOW, *args],
+            env={**self.env, **(extra_env or {})},
+            cwd=self.home,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"airflow {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-6000:]}")
