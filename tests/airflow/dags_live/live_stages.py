@@ -1,0 +1,45 @@
+"""Stages for the live-stack DAGs: journal stages that record their process id and sleep on their first run.
+
+Kept in an importable module (not in a DAG file) so every Airflow try records the same stage class path.
+"""
+
+import os
+
+from tests.helpers.stages import CounterState, JournalStage, journal
+
+JOURNAL_DIR_ENV = "CHECKMATE_LIVE_JOURNAL_DIR"
+
+
+class LiveStage(JournalStage):
+    """A JournalStage that writes ``pid NAME PID`` first and sleeps ``first_run_sleep`` s on its first run only.
+
+    The first run is counted in the journal (across processes), so a resumed try finishes at once.
+    """
+
+    first_run_sleep: float = 0.0
+
+    def execute_stage(self, previous_state_copy: CounterState) -> None:
+        first_run = self.runs_so_far() == 0
+        journal(self.journal_path, f"pid {self.stage_name} {os.getpid()}")
+        self.sleep_seconds = self.first_run_sleep if first_run else 0.0
+        super().execute_stage(previous_state_copy)
+
+
+def journal_path(dag_id: str) -> str:
+    """The journal of a DAG's stages, in the folder the test stack names (no journal when unset)."""
+    folder = os.environ.get(JOURNAL_DIR_ENV, "")
+    return os.path.join(folder, f"{dag_id}.journal") if folder else ""
+
+
+def live_stages(dag_id: str, slow_stage: str = "s2", first_run_sleep: float = 60.0) -> list[LiveStage]:
+    """Three stages s1..s3; ``slow_stage`` sleeps ``first_run_sleep`` s on its first run."""
+    path = journal_path(dag_id)
+    return [
+        LiveStage(
+            stage_name=name,
+            state=CounterState(),
+            journal_path=path,
+            first_run_sleep=first_run_sleep if name == slow_stage else 0.0,
+        )
+        for name in ("s1", "s2", "s3")
+    ]
