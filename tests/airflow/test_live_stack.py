@@ -378,6 +378,16 @@ def test_mark_failed_interrupts_stage_and_clear_resumes(live_stack: LiveStack) -
     s2 = snap.stages[1]
     assert s2.attempts == 2 and s2.status is StageStatus.COMPLETE, s2.history
 
+    # The extra link leads to the provider plugin's page on the api-server, which shows the stages.
+    links = stack.api("GET", f"/dags/{dag}/dagRuns/{run}/taskInstances/{TASK}/links")
+    url = links["CheckMate state"]
+    assert url.startswith("/checkmate/tasks/" + derive_checkmate_task_id(dag, TASK, run)), links
+    page = stack.http.get(url)
+    assert page.status_code == 200, page.text[:500]
+    assert "3/3 stages complete" in page.text and "StageInterrupted" in page.text and "s2" in page.text
+    other = stack.http.get(url.replace(f"dag_id={dag}", "dag_id=live_sigkill"))
+    assert other.status_code == 404, "the page must not show a task to readers of another DAG"
+
 
 def test_sigkilled_try_resumes_at_the_stage_left_running(live_stack: LiveStack) -> None:
     """A task process killed with SIGKILL mid-stage: the next try re-runs that stage only, and the run succeeds."""
