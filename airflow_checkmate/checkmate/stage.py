@@ -12,7 +12,7 @@ from airflow_checkmate.checkmate.names import STAGE_NAME_MAX_LENGTH, stage_obj_n
 from airflow_checkmate.checkmate.status import StageStatus, check_transition
 
 if TYPE_CHECKING:
-    from airflow_checkmate.checkmate.engine import CheckMateEngine
+    from airflow_checkmate.checkmate.core import EngineCore
 
 STAGE_STATE = TypeVar("STAGE_STATE", bound=BaseStageState[Any])
 
@@ -66,7 +66,7 @@ class BaseStage(BaseModel, ABC, Generic[STAGE_STATE]):
         return value
 
     @property
-    def engine(self) -> "CheckMateEngine[Any, Any]":
+    def engine(self) -> "EngineCore[Any, Any]":
         """The engine this stage is bound to; raises TaskEngineException when unbound."""
         if self.volatile_engine_ref is None:
             raise TaskEngineException(f"stage {self.stage_name!r} is not bound to a task engine")
@@ -87,11 +87,11 @@ class BaseStage(BaseModel, ABC, Generic[STAGE_STATE]):
         """True once a cancel of the task was requested; long stages may poll it and stop early."""
         return self.volatile_engine_ref is not None and self.engine.cancel_requested
 
-    def gen_obj_name(self, engine: "CheckMateEngine[Any, Any] | None" = None) -> str:
+    def gen_obj_name(self, engine: "EngineCore[Any, Any] | None" = None) -> str:
         """Generate the object name for this stage, for ``engine`` or the bound one."""
         return stage_obj_name((engine or self.engine).task_id, self.stage_name)
 
-    def bind_to_engine(self, task_engine: "CheckMateEngine[Any, Any]") -> "BaseStage[STAGE_STATE]":
+    def bind_to_engine(self, task_engine: "EngineCore[Any, Any]") -> "BaseStage[STAGE_STATE]":
         """Bind the stage to a TaskEngine; raises TaskEngineException if it is already bound."""
         if self.volatile_engine_ref is not None:
             raise TaskEngineException(f"stage {self.stage_name!r} is already bound to a task engine")

@@ -1,0 +1,180 @@
+"""Binding: take the task's lock, load its stored state (or create it), check it matches; and unbind."""
+
+import logging
+from types import TracebackType
+from typing import Any, Literal
+
+from typing_extensions import Self
+
+from airflow_checkmate.checkmate import names
+from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, EngineCore, S, _comparable_class_path, _json
+from airflow_checkmate.checkmate.exceptions import PersistenceDataNotFoundException, TaskEngineException
+from airflow_checkmate.checkmate.lease import LeaseRecord, acquire
+from airflow_checkmate.checkmate.models import TASK_SCHEMA_VERSION, TaskEngineState, TaskEvent
+
+log = logging.getLogger("airflow_checkmate.checkmate.engine")
+
+
+class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
+    """bind/unbind and ``with engine:``; loading, checking and removing the task's stored objects."""
+
+    # ----------------------------------------------------------------- bind / unbind
+
+    def __enter__(self) -> Self:
+        self.bind()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> Literal[False]:
+        if self._bound:
+            self.unbind()
+        return False
+
+    def bind(self) -> None:
+        """Bind to the task: take the lock, load the stored state (or create it), check it matches."""
+        if self._bound:
+            raise TaskEngineException(f"engine for task {self.task_id!r} is already bound")
+        stage_names = self.task_state.stage_names
+        for name in stage_names:
+            names.validate_stage_name(name)
+        if len(set(stage_names)) != len(stage_names):
+            dupes = sorted({n for n in stage_names if stage_names.count(n) > 1})
+            raise TaskEngineException(f"stage names must be unique; repeated: {', '.join(dupes)}")
+        task_obj = names.task_obj_name(self.task_id)
+        if self.force_create and self.io.exists(task_obj):
+            raise self._exists_error()
+        taken_over: LeaseRecord | None = None
+        if not self.no_lock:
+            self._keeper, taken_over = acquire(self.io, self.lock_obj_name, self.bind_lock_timeout, self.owner)
+        try:
+            self._cancel_event.clear()
+            stored = set(self.io.list(names.task_prefix(self.task_id)))
+            self._load_task_state(stored, taken_over)
+            self._load_stages(stored)
+            self.status  # noqa: B018 - validates the loaded sequence
+        except BaseException:
+            self._restore_templates()
+            if self._keeper is not None:
+                self._keeper.release()
+                self._keeper = None
+            raise
+        self._bound = True
+        if self._keeper is not None:
+            self._keeper.start(on_tick=self._poll_cancel)
+        log.info("bound task %s (%d stages, status %s)", self.task_id, len(stage_names), self.status)
+
+    def _exists_error(self) -> TaskEngineException:
+        return TaskEngineException(
+            f"force_create: task {self.task_id!r} already has stored state at "
+            f"{self.io.build_url(names.task_obj_name(self.task_id))}; nothing was changed. Use a new task "
+            "id, or bind without force_create to resume it"
+        )
+
+    def _load_task_state(self, stored: set[str], taken_over: LeaseRecord | None) -> None:
+        task_obj = names.task_obj_name(self.task_id)
+        fresh = self._fresh_task_state()
+        if task_obj in stored:
+            if self.force_create:
+                raise self._exists_error()
+            record = self._parse(task_obj, TaskEngineState, self.io.read_bytes(task_obj))
+            if record.schema_version != TASK_SCHEMA_VERSION:
+                raise PersistenceDataNotFoundException(
+                    f"stored object {self.io.build_url(task_obj)} has schema version {record.schema_version}; "
+                    f"this version of CheckMate reads version {TASK_SCHEMA_VERSION}. It was left in place: use "
+                    "the CheckMate version that wrote it"
+                )
+            if record.cleaning:
+                log.warning("task %s was being cleaned when its last holder died; finishing that", self.task_id)
+                self._remove_stored(record, stored)
+                stored.clear()
+            else:
+                self._check_same_task(record)
+                record.stage_templates = fresh.stage_templates
+                self.task_state = record
+        else:
+            leftovers = sorted(n for n in stored if n.endswith(names.STAGE_SUFFIX))
+            if leftovers:
+                raise PersistenceDataNotFoundException(
+                    f"task {self.task_id!r} has stage objects but no {names.TASK_OBJECT}: {leftovers[:5]}; "
+                    "they were left in place. Inspect and remove them, or use another task id"
+                )
+        changed = task_obj not in stored or taken_over is not None
+        if task_obj not in stored:
+            self.task_state = fresh
+            self.task_state.history.append(TaskEvent(event="created", message=f"{len(fresh.stage_names)} stages"))
+        if self.labels and {**self.task_state.labels, **self.labels} != self.task_state.labels:
+            self.task_state.labels = {**self.task_state.labels, **self.labels}
+            changed = True
+        if taken_over is not None:
+            self.task_state.history.append(
+                TaskEvent(event="lock takeover", message=f"took over from {taken_over.describe()}")
+            )
+        if changed:
+            self._write_task_state()
+
+    def _check_same_task(self, record: TaskEngineState[Any]) -> None:
+        mine = self.task_state
+        same_names = record.stage_names == mine.stage_names
+        same_classes = [_comparable_class_path(c) for c in record.stage_template_classes] == [
+            _comparable_class_path(c) for c in mine.stage_template_classes
+        ]
+        if record.task_id == self.task_id and same_names and same_classes:
+            return
+        stored = ", ".join(f"{n}({c})" for n, c in zip(record.stage_names, record.stage_template_classes, strict=False))
+        given = ", ".join(f"{n}({c})" for n, c in zip(mine.stage_names, mine.stage_template_classes, strict=True))
+        raise TaskEngineException(
+            f"task {self.task_id!r} is stored with other stages than the templates, so it would mix two "
+            f"task definitions; nothing was changed.\n  stored: [{stored}]\n  given:  [{given}]\n"
+            "Use a new task id for the new definition, or clean the old task (unbind(clean=True))"
+        )
+
+    def _load_stages(self, stored: set[str]) -> None:
+        for stage in self.task_state.stage_templates:
+            stage.bind_to_engine(self)
+            state = self.read_stored_state(stage) if stage.obj_name in stored else None
+            if state is None:
+                stage.state.stage_name = stage.stage_name
+                stage.state.status = S.CREATED
+            else:
+                stage.state = state
+
+    def unbind(self, clean: bool = False) -> None:
+        """Release the bind lock and restore the pristine templates.
+
+        :param clean: also remove the task's stored objects (as ``auto_cleanup`` does).
+        """
+        if not self._bound:
+            raise TaskEngineException(f"engine for task {self.task_id!r} is not bound")
+        keeper = self._keeper
+        try:
+            if keeper is not None:
+                keeper.stop()
+            if clean or self.auto_cleanup:
+                self._remove_stored(self.task_state, set(self.io.list(names.task_prefix(self.task_id))))
+        finally:
+            self._bound = False
+            self._keeper = None
+            self._restore_templates()
+            if keeper is not None:
+                keeper.release()
+            if clean or self.auto_cleanup:
+                self.io.prune(names.task_prefix(self.task_id))
+        log.info("unbound task %s%s", self.task_id, " and removed its stored state" if clean else "")
+
+    def _restore_templates(self) -> None:
+        self.task_state = self._fresh_task_state()
+        self._desynced = ""
+
+    def _remove_stored(self, record: TaskEngineState[Any], stored: set[str]) -> None:
+        """Remove the task's objects; ``cleaning`` is persisted first so a crash mid-way is finished later."""
+        task_obj, lock_obj = names.task_obj_name(self.task_id), self.lock_obj_name
+        if task_obj in stored:
+            record.cleaning = True
+            self.io.write(task_obj, _json(record), fence=self._fence)
+        for obj in sorted(stored - {task_obj, lock_obj}):
+            self.io.remove(obj, fence=self._fence)
+        self.io.remove(task_obj, fence=self._fence)

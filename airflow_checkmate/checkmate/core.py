@@ -1,0 +1,282 @@
+"""The engine's core: its settings, read-only views of the task, and the persistence of stage state.
+
+The engine class is assembled from this core, binding (bind/unbind and loading stored state),
+control (cancel and reset) and execution; each module holds one of those concerns.
+"""
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ValidationError
+
+from airflow_checkmate.checkmate import names
+from airflow_checkmate.checkmate.exceptions import (
+    LeaseLostException,
+    PersistenceDataNotFoundException,
+    TaskEngineException,
+)
+from airflow_checkmate.checkmate.io.base import Fence, TaskIO
+from airflow_checkmate.checkmate.lease import LeaseKeeper, LeaseRecord
+from airflow_checkmate.checkmate.models import BaseStageState, TaskEngineState, TaskEvent
+from airflow_checkmate.checkmate.policy import AttemptPolicy, RetryPolicy
+from airflow_checkmate.checkmate.stage import BaseStage
+from airflow_checkmate.checkmate.status import StageStatus, check_sequence, overall_status
+
+log = logging.getLogger("airflow_checkmate.checkmate.engine")
+
+STAGE = TypeVar("STAGE", bound=BaseStage[Any])
+STAGE_RESULT = TypeVar("STAGE_RESULT")
+
+S = StageStatus
+
+
+def string_from_callable(obj: object) -> str:
+    """``module.QualName`` of a class (or of an instance's class)."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _json(model: BaseModel) -> bytes:
+    """The model as JSON bytes, serialised once (no intermediate str: a large state is not copied again)."""
+    return model.__pydantic_serializer__.to_json(model)
+
+
+def _comparable_class_path(path: str) -> str:
+    """Drop the per-path prefix Airflow gives modules of DAG files, so a moved DAG file still matches."""
+    if path.startswith("unusual_prefix_"):
+        _, _, rest = path[len("unusual_prefix_") :].partition("_")
+        return rest
+    return path
+
+
+class EngineCore(Generic[STAGE, STAGE_RESULT]):
+    """Settings, views and persistence shared by the engine's parts (see :class:`CheckMateEngine`)."""
+
+    def __init__(
+        self,
+        io: TaskIO,
+        task_id: str | None = None,
+        stage_templates: Sequence[STAGE] | None = None,
+        retry_policy: RetryPolicy = RetryPolicy.NONE,
+        max_attempts: int = 1,
+        bind_lock_timeout: float | None = None,
+        auto_cleanup: bool = False,
+        no_lock: bool = False,
+        force_create: bool = False,
+    ) -> None:
+        if not isinstance(io, TaskIO):
+            raise TaskEngineException(f"io must be a TaskIO (e.g. TaskIO.from_base_url(url)), got {io!r}")
+        if not stage_templates:
+            raise TaskEngineException("a task needs at least one stage template")
+        for template in stage_templates:
+            self._check_template(template)
+        if bind_lock_timeout is not None and bind_lock_timeout < 0:
+            raise TaskEngineException(f"bind_lock_timeout must be None or >= 0, got {bind_lock_timeout}")
+        self.io = io
+        self.task_id = names.validate_task_id(task_id) if task_id is not None else names.new_task_id()
+        self.policy = AttemptPolicy(retry_policy, max_attempts)
+        self.bind_lock_timeout = bind_lock_timeout
+        self.auto_cleanup = auto_cleanup
+        self.no_lock = no_lock
+        self.force_create = force_create
+        self._templates: tuple[STAGE, ...] = tuple(stage_templates)
+        self._stage_index = {t.stage_name: i for i, t in enumerate(self._templates)}
+        self.task_state: TaskEngineState[STAGE] = self._fresh_task_state()
+        self._keeper: LeaseKeeper | None = None
+        self._bound = False
+        self._desynced = ""
+        self._cancel_event = threading.Event()
+        self.owner = ""
+        self.labels: dict[str, str] = {}
+        self._in_stage_code = False
+        self.interrupted: str = ""
+
+    @staticmethod
+    def _check_template(template: object) -> None:
+        if not isinstance(template, BaseStage):
+            raise TaskEngineException(f"stage templates must be BaseStage instances, got {template!r}")
+        try:
+            ZoneInfo(template.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise TaskEngineException(
+                f"stage template {template.stage_name!r} has unknown timezone {template.timezone!r}; use an IANA "
+                "name such as 'UTC'"
+            ) from None
+        state = template.state
+        if state.status is not S.UNBOUND or state.attempts or state.history:
+            raise TaskEngineException(
+                f"stage template {template.stage_name!r} carries run state (status {state.status}, "
+                f"{state.attempts} attempts); pass a fresh template"
+            )
+
+    def _fresh_task_state(self) -> TaskEngineState[STAGE]:
+        return TaskEngineState(
+            task_id=self.task_id,
+            stage_names=[t.stage_name for t in self._templates],
+            stage_template_classes=[string_from_callable(t) for t in self._templates],
+            stage_templates=[t.model_copy(deep=True) for t in self._templates],
+        )
+
+    # ----------------------------------------------------------------- read-only views
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self.policy.retry_policy
+
+    @property
+    def max_attempts(self) -> int:
+        return self.policy.max_attempts
+
+    @property
+    def stages(self) -> tuple[STAGE, ...]:
+        """The engine's working stages (deep copies of the templates), read-only."""
+        return tuple(self.task_state.stage_templates)
+
+    @property
+    def bound(self) -> bool:
+        return self._bound
+
+    @property
+    def lock_obj_name(self) -> str:
+        """The name of the task's lock object (``<task_id>/task.lock``)."""
+        return names.lock_obj_name(self.task_id)
+
+    @property
+    def has_lockfile(self) -> bool:
+        """Whether a lock object exists, bound or not; it does not prove a process is still running."""
+        return self.io.exists(self.lock_obj_name)
+
+    @property
+    def lease(self) -> LeaseRecord | None:
+        """The lease this engine holds while bound with a lock."""
+        return self._keeper.record if self._keeper else None
+
+    @property
+    def status(self) -> StageStatus:
+        """The overall task status; raises TaskEngineException if the stage sequence is invalid."""
+        stages = self.task_state.stage_templates
+        statuses = [s.state.status for s in stages]
+        check_sequence(statuses, [s.stage_name for s in stages])
+        return overall_status(statuses)
+
+    @property
+    def task_result(self) -> STAGE_RESULT | None:
+        """The result of the most recently completed stage, or None if no stage is complete."""
+        for stage in reversed(self.task_state.stage_templates):
+            if stage.state.status is S.COMPLETE:
+                return stage.state.result  # type: ignore[no-any-return]
+        return None
+
+    @property
+    def cumulative_attempts(self) -> int:
+        """The number of attempts over all stages."""
+        return sum(s.state.attempts for s in self.task_state.stage_templates)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once a cancel was requested from outside; cheap enough to poll from stage code."""
+        if not self._cancel_event.is_set() and self._bound and self._keeper is None:
+            self._poll_cancel()
+        return self._cancel_event.is_set()
+
+    def _poll_cancel(self) -> None:
+        if self.io.exists(names.cancel_obj_name(self.task_id)):
+            self._cancel_event.set()
+
+    # ----------------------------------------------------------------- persistence
+
+    @property
+    def _fence(self) -> Fence | None:
+        return self._keeper.fence if self._keeper is not None else None
+
+    def _require_bound(self) -> None:
+        if not self._bound:
+            raise TaskEngineException(f"engine for task {self.task_id!r} is not bound; call bind() first")
+        if self._desynced:
+            raise TaskEngineException(self._desynced)
+        if self._keeper is not None and self._keeper.lost.is_set():
+            raise LeaseLostException(
+                f"the bind lease of task {self.task_id!r} was taken over by another process; this engine "
+                "must stop (unbind it)"
+            )
+
+    def _write_task_state(self) -> None:
+        self.io.write(names.task_obj_name(self.task_id), _json(self.task_state), fence=self._fence)
+
+    def _record_event(self, event: str, message: str) -> None:
+        self.task_state.history.append(TaskEvent(event=event, message=message))
+        self._write_task_state()
+
+    def _persist_stage(self, stage: BaseStage[Any]) -> None:
+        """Write one stage's state; on failure reload it so memory never claims what storage lacks."""
+        try:
+            self.io.write(stage.obj_name, _json(stage.state), fence=self._fence)
+        except BaseException as exc:
+            self._resync_stage(stage, exc)
+            raise
+        self.state_update_hook()
+
+    def _resync_stage(self, stage: BaseStage[Any], cause: BaseException) -> None:
+        try:
+            state = self.read_stored_state(stage)
+        except Exception:
+            self._desynced = (
+                f"task {self.task_id!r}: persisting stage {stage.stage_name!r} failed ({cause!r}) and its "
+                "stored state could not be re-read; unbind and bind again"
+            )
+            return
+        if state is None:
+            stage.state = self.fresh_state(stage.stage_name)
+        else:
+            stage.state = state
+
+    def state_update_hook(self) -> None:
+        """Called after every persisted stage update; subclasses override it (the managed task does)."""
+
+    def _first_incomplete(self) -> int:
+        for index, stage in enumerate(self.task_state.stage_templates):
+            if stage.state.status is not S.COMPLETE:
+                return index
+        return len(self.task_state.stage_templates)
+
+    def fresh_state(self, stage_name: str) -> BaseStageState[Any]:
+        """A copy of the stage's template state, as a stage that was never started has it (CREATED)."""
+        state: BaseStageState[Any] = self._templates[self._stage_index[stage_name]].state.model_copy(deep=True)
+        state.stage_name, state.status = stage_name, S.CREATED
+        return state
+
+    def read_stored_state(self, stage: BaseStage[Any]) -> BaseStageState[Any] | None:
+        """The stage's state as stored, or None if nothing is stored for it yet.
+
+        Raises PersistenceDataNotFoundException (leaving the object in place) if it does not parse or
+        belongs to another stage.
+        """
+        obj = stage.gen_obj_name(self)
+        try:
+            raw = self.io.read_bytes(obj)
+        except PersistenceDataNotFoundException:
+            if not self.io.exists(obj):
+                return None
+            raise
+        state: BaseStageState[Any] = self._parse(obj, type(stage.state), raw)
+        if state.stage_name != stage.stage_name or state.status is S.UNBOUND:
+            raise PersistenceDataNotFoundException(
+                f"stored object {self.io.build_url(obj)} holds stage {state.stage_name!r} with "
+                f"status {state.status}, not stage {stage.stage_name!r}; it was left in place"
+            )
+        return state
+
+    def _parse(self, obj: str, model: Any, raw: bytes) -> Any:
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "(document)"
+            raise PersistenceDataNotFoundException(
+                f"stored object {self.io.build_url(obj)} does not parse as {model.__name__} "
+                f"({exc.error_count()} error(s); first at {where}: {first.get('msg')}); it was left in "
+                "place. Restore it, or clean the task to start over"
+            ) from exc
