@@ -15,7 +15,6 @@ def get_provider_info() -> dict[str, Any]:
         "sensors": [{"integration-name": "CheckMate", "python-modules": ["airflow_checkmate.sensors.checkmate"]}],
         "hooks": [{"integration-name": "CheckMate", "python-modules": ["airflow_checkmate.hooks.checkmate"]}],
         "triggers": [{"integration-name": "CheckMate", "python-modules": ["airflow_checkmate.triggers.checkmate"]}],
-        "plugins": [{"name": "checkmate", "plugin-class": "airflow_checkmate.plugins.checkmate.CheckMatePlugin"}],
         "extra-links": ["airflow_checkmate.operators.checkmate.CheckMateStateLink"],
         "connection-types": [
             {

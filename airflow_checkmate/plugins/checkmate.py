@@ -11,7 +11,7 @@ import html
 from typing import Annotated, Any
 
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 
 from airflow_checkmate.checkmate import TaskEngineException, TaskSnapshot, read_snapshot
@@ -53,15 +53,20 @@ def _render(snapshot: TaskSnapshot) -> str:
     )
 
 
-def create_app() -> FastAPI:
-    from airflow.api_fastapi.core_api.security import get_user
+async def _current_user(request: Request) -> Any:
+    """Airflow's authenticated user (bearer token or session cookie); imported late to keep workers light."""
+    from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
 
+    return await get_user(request, None, await bearer_scheme(request))
+
+
+def create_app() -> FastAPI:
     app = FastAPI(title="CheckMate", description="Stage state of CheckMate tasks")
 
     @app.get("/tasks/{checkmate_task_id}", response_class=HTMLResponse)
     def task_state(
         checkmate_task_id: str,
-        user: Annotated[Any, Depends(get_user)],
+        user: Annotated[Any, Depends(_current_user)],
         dag_id: Annotated[str, Query(description="the DAG whose task ran the CheckMate task")],
         conn_id: Annotated[str, Query(description="the CheckMate connection id")] = "checkmate_default",
     ) -> str:

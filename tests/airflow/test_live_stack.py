@@ -380,7 +380,7 @@ def test_mark_failed_interrupts_stage_and_clear_resumes(live_stack: LiveStack) -
 
     # The extra link leads to the provider plugin's page on the api-server, which shows the stages.
     links = stack.api("GET", f"/dags/{dag}/dagRuns/{run}/taskInstances/{TASK}/links")
-    url = links["CheckMate state"]
+    url = links["extra_links"]["CheckMate state"]
     assert url.startswith("/checkmate/tasks/" + derive_checkmate_task_id(dag, TASK, run)), links
     page = stack.http.get(url)
     assert page.status_code == 200, page.text[:500]
