@@ -190,6 +190,8 @@ class CheckMateOperator(BaseOperator):
             engine.unbind()
 
     def _run(self, engine: CheckMateEngine[Any, Any]) -> Any:
+        if self._killed:  # on_kill came while binding, before the engine could be interrupted
+            raise AirflowException(f"CheckMate task {engine.task_id} was not started: {self._killed}")
         status = engine.status
         if status in (StageStatus.ERROR, StageStatus.CANCELED):
             self.log.warning(
