@@ -55,7 +55,7 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
             stored = set(self.io.list(names.task_prefix(self.task_id)))
             self._load_task_state(stored, taken_over)
             self._load_stages(stored)
-            self.status  # noqa: B018 - validates the loaded sequence
+            status = self.status  # validates the loaded sequence
         except BaseException:
             self._restore_templates()
             if self._keeper is not None:
@@ -65,7 +65,7 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
         self._bound = True
         if self._keeper is not None:
             self._keeper.start(on_tick=self._poll_cancel)
-        log.info("bound task %s (%d stages, status %s)", self.task_id, len(stage_names), self.status)
+        log.info("bound task %s (%d stages, status %s)", self.task_id, len(stage_names), status)
 
     def _exists_error(self) -> TaskEngineException:
         return TaskEngineException(
