@@ -15,6 +15,8 @@ from airflow_checkmate.checkmate.exceptions import (
     TaskIOException,
 )
 from airflow_checkmate.checkmate.io import Fence, TaskIO, TaskIOFile
+from airflow_checkmate.checkmate.io.sql import TaskIOSQL
+from airflow_checkmate.checkmate.managed import CheckMate
 from airflow_checkmate.checkmate.models import (
     BaseStageState,
     StageStateHistoryEntry,
@@ -23,16 +25,19 @@ from airflow_checkmate.checkmate.models import (
 )
 from airflow_checkmate.checkmate.names import STAGE_NAME_MAX_LENGTH, TASK_ID_MAX_LENGTH
 from airflow_checkmate.checkmate.policy import RetryPolicy
+from airflow_checkmate.checkmate.registry import DEFAULT_QUEUE_NAME, TaskRecord, TaskRegistry
 from airflow_checkmate.checkmate.snapshot import StageView, TaskSnapshot, read_snapshot
 from airflow_checkmate.checkmate.stage import BaseStage
 from airflow_checkmate.checkmate.status import StageStatus
 
 __all__ = [
+    "DEFAULT_QUEUE_NAME",
     "STAGE_NAME_MAX_LENGTH",
     "TASK_ID_MAX_LENGTH",
     "BaseStage",
     "BaseStageState",
     "BindException",
+    "CheckMate",
     "CheckMateEngine",
     "Fence",
     "LeaseLostException",
@@ -49,6 +54,9 @@ __all__ = [
     "TaskIO",
     "TaskIOException",
     "TaskIOFile",
+    "TaskIOSQL",
+    "TaskRecord",
+    "TaskRegistry",
     "TaskSnapshot",
     "read_snapshot",
 ]

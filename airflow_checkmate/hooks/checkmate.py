@@ -1,10 +1,8 @@
-"""CheckMateHook: an Airflow connection of type ``checkmate`` turned into CheckMate storage (TaskIO)."""
+"""CheckMateHook: an Airflow connection of type ``checkmate`` turned into CheckMate storage and registry."""
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,26 +11,33 @@ from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
 from airflow_checkmate.checkmate import TaskEngineException, TaskIO, TaskIOException
 from airflow_checkmate.checkmate.io.base import DEFAULT_LEASE_SECONDS
+from airflow_checkmate.checkmate.registry import TaskRegistry
+from airflow_checkmate.checkmate.settings import (
+    DEFAULT_CONN_ID,
+    StorageSettings,
+    default_base_url,
+    default_database_url,
+    default_home,
+)
 
-
-def default_home() -> Path:
-    """Where the embedded default keeps its files: ``$AIRFLOW_HOME/checkmate`` (``~/airflow`` unset)."""
-    return Path(os.environ.get("AIRFLOW_HOME") or "~/airflow").expanduser() / "checkmate"
+__all__ = ["CheckMateHook", "default_home"]
 
 
 class CheckMateHook(BaseHook):
     """Interact with CheckMate storage through an Airflow connection.
 
-    The connection's extra holds ``base_url`` (``file:///path``, a plain path, or any scheme the engine
-    supports), ``lease_seconds`` (bind lease, default 30) and ``durable`` (fsync writes, default true).
-    With no connection of that id defined, the embedded default is used: local files under
-    ``$AIRFLOW_HOME/checkmate/state``.
+    The connection's extra holds ``base_url`` for stage state (``file:///path``, a plain path,
+    ``postgresql://...``, ``sqlite:////path.db``), ``database_url`` for the task registry (SQLite or
+    PostgreSQL), ``lease_seconds`` (bind lease, default 30) and ``durable`` (fsync writes, default true).
+    A setting the connection lacks, or all of them when ``checkmate_default`` is not defined, comes from
+    CHECKMATE_BASE_URL / CHECKMATE_DATABASE_URL, else the embedded default: files under
+    ``$AIRFLOW_HOME/checkmate/state`` and SQLite at ``$AIRFLOW_HOME/checkmate/registry.db``.
 
     :param checkmate_conn_id: the connection id; ``checkmate_default`` by default.
     """
 
     conn_name_attr = "checkmate_conn_id"
-    default_conn_name = "checkmate_default"
+    default_conn_name = DEFAULT_CONN_ID
     conn_type = "checkmate"
     hook_name = "CheckMate"
 
@@ -42,7 +47,7 @@ class CheckMateHook(BaseHook):
 
     @cached_property
     def config(self) -> dict[str, Any]:
-        """The storage settings: from the connection, or the embedded default if none is defined."""
+        """The connection's extra (with ``base_url`` and ``database_url`` filled in from the fallbacks)."""
         try:
             conn = self.get_connection(self.checkmate_conn_id)
         except AirflowNotFoundException:
@@ -51,8 +56,8 @@ class CheckMateHook(BaseHook):
                     f"CheckMate connection {self.checkmate_conn_id!r} is not defined; create it (type "
                     f"'checkmate', extra {{\"base_url\": ...}}) or use {self.default_conn_name!r}"
                 ) from None
-            self.log.info("No connection %r: using local files under %s", self.checkmate_conn_id, default_home())
-            return {"base_url": str(default_home() / "state")}
+            self.log.info("No connection %r: using %s and %s", self.checkmate_conn_id, *self._fallbacks())
+            return {"base_url": default_base_url(), "database_url": default_database_url(), "source": "default"}
         extra = dict(conn.extra_dejson)
         base_url = extra.get("base_url") or conn.host
         if not base_url:
@@ -61,22 +66,46 @@ class CheckMateHook(BaseHook):
                 f"file:///var/lib/checkmate)"
             )
         extra["base_url"] = str(base_url)
+        extra["database_url"] = str(extra.get("database_url") or default_database_url())
+        extra["source"] = f"connection {self.checkmate_conn_id}"
         return extra
 
+    @staticmethod
+    def _fallbacks() -> tuple[str, str]:
+        return default_base_url(), default_database_url().split("://", 1)[0] + "://..."
+
     @cached_property
-    def io(self) -> TaskIO:
-        """The storage backend for the connection's base URL."""
+    def settings(self) -> StorageSettings:
+        """The resolved settings: stage state URL, registry URL and backend options."""
         config = self.config
-        base_url = config["base_url"]
-        self._mask_url_password(base_url)
+        self._mask_url_password(config["base_url"])
+        self._mask_url_password(config["database_url"])
         options: dict[str, Any] = {}
         try:
             lease = config.get("lease_seconds")
             options["lease_seconds"] = DEFAULT_LEASE_SECONDS if lease in (None, "") else float(lease)
-            if config.get("durable") not in (None, ""):
-                options["durable"] = _as_bool(config["durable"])
-            return TaskIO.from_base_url(base_url, **options)
+        except ValueError as exc:
+            raise AirflowException(f"CheckMate connection {self.checkmate_conn_id!r}: {exc}") from exc
+        if config.get("durable") not in (None, ""):
+            options["durable"] = _as_bool(config["durable"])
+        return StorageSettings(config["base_url"], config["database_url"], options, config["source"])
+
+    @cached_property
+    def io(self) -> TaskIO:
+        """The storage backend for the connection's base URL."""
+        settings = self.settings
+        try:
+            return TaskIO.from_base_url(settings.base_url, **settings.options)
         except (TaskEngineException, TaskIOException, ValueError) as exc:
+            raise AirflowException(f"CheckMate connection {self.checkmate_conn_id!r}: {exc}") from exc
+
+    @cached_property
+    def registry(self) -> TaskRegistry:
+        """The task registry for the connection's database URL."""
+        settings = self.settings
+        try:
+            return TaskRegistry(settings.database_url, durable=settings.options.get("durable", True))
+        except (TaskEngineException, TaskIOException) as exc:
             raise AirflowException(f"CheckMate connection {self.checkmate_conn_id!r}: {exc}") from exc
 
     def get_conn(self) -> TaskIO:

@@ -118,7 +118,9 @@ def test_missing_default_connection_falls_back_to_airflow_home(airflow_home: Pat
     assert default_home() == airflow_home / "checkmate"
     assert io.base == (airflow_home / "checkmate" / "state").resolve()
     assert io.base.is_dir()
-    assert hook.config == {"base_url": str(airflow_home / "checkmate" / "state")}
+    assert hook.settings.base_url == str(airflow_home / "checkmate" / "state")
+    assert hook.settings.database_url == f"sqlite:///{airflow_home / 'checkmate' / 'registry.db'}"
+    assert hook.settings.source == "default"
 
 
 def test_defined_default_connection_wins_over_the_embedded_default(

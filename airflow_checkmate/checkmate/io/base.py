@@ -19,6 +19,10 @@ DEFAULT_LEASE_SECONDS = 30.0
 BACKENDS: dict[str, str] = {
     "": "airflow_checkmate.checkmate.io.file:TaskIOFile",
     "file": "airflow_checkmate.checkmate.io.file:TaskIOFile",
+    **dict.fromkeys(
+        ("sqlite", "postgres", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "postgresql+pg8000"),
+        "airflow_checkmate.checkmate.io.sql:TaskIOSQL",
+    ),
 }
 
 
@@ -125,8 +129,13 @@ class TaskIO(ABC):
         except (ValueError, AttributeError):
             token = None
         if token != fence.token:
-            raise LeaseLostException(
-                f"the bind lease {fence.lock_name!r} is no longer held by this engine (it expired and "
-                "was taken over, or was removed); the write was refused and nothing was changed. "
-                "Another process now owns the task: stop here and let it resume"
-            )
+            raise lease_lost(fence.lock_name)
+
+
+def lease_lost(lock_name: str) -> LeaseLostException:
+    """The error a write with a stale fence gets; nothing was changed."""
+    return LeaseLostException(
+        f"the bind lease {lock_name!r} is no longer held by this engine (it expired and was taken over, "
+        "or was removed); the write was refused and nothing was changed. Another process now owns the "
+        "task: stop here and let it resume"
+    )

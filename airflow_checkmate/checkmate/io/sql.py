@@ -1,0 +1,166 @@
+"""TaskIOSQL: a task's objects as rows of one table in SQLite or PostgreSQL.
+
+Workers that share no disk share the database, so any of them can resume a task another started.
+The bind lock is a lease row in the same table, changed only by compare-and-swap on its whole text.
+A fenced write locks that lease row (``FOR SHARE`` on PostgreSQL, the database write lock on SQLite),
+checks the token and writes the object in the same transaction: a takeover waits for it to commit and
+then sees it, and a write after a takeover is refused.
+"""
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import Column, Float, Index, LargeBinary, MetaData, String, Table, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from airflow_checkmate.checkmate import sqldb
+from airflow_checkmate.checkmate.exceptions import PersistenceDataNotFoundException
+from airflow_checkmate.checkmate.io.base import DEFAULT_LEASE_SECONDS, Fence, TaskIO, lease_lost
+from airflow_checkmate.checkmate.names import validate_obj_name
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+objects = Table(
+    "checkmate_objects",
+    metadata,
+    Column("name", String(512), primary_key=True),
+    Column("task_key", String(255), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("lease_token", String(64), nullable=True),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_checkmate_objects_task_key", "task_key"),
+)
+
+
+class TaskIOSQL(TaskIO):
+    """Task I/O implementation for a relational database (SQLAlchemy): ``sqlite:///`` or ``postgresql://``.
+
+    :param base_url: the database URL; its password is hidden in ``base_url`` and every message.
+    :param lease_seconds: how long a bind lease lives without a heartbeat. Leases compare wall clocks
+        of the workers, so keep their clocks in sync (NTP) when they run on several hosts.
+    :param durable: SQLite only: ``False`` skips fsync at commit (PostgreSQL follows its own settings).
+    """
+
+    scheme = "sql"
+
+    def __init__(
+        self, base_url: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS, durable: bool = True, **_: Any
+    ) -> None:
+        self._url = base_url
+        super().__init__(sqldb.safe_url(sqldb.parse_url(base_url)), lease_seconds=lease_seconds)
+        self.engine = sqldb.get_engine(base_url, durable)
+        sqldb.ensure_schema(self.engine, "objects", metadata, SCHEMA_VERSION)
+        self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+
+    def build_url(self, obj_name: str) -> str:
+        """The database URL (password hidden) with the object's name as the fragment."""
+        return f"{self.base_url}#{obj_name}"
+
+    @staticmethod
+    def _key(obj_name: str) -> str:
+        return validate_obj_name(obj_name)[0]
+
+    def read_bytes(self, obj_name: str) -> bytes:
+        self._key(obj_name)
+        with sqldb.db_errors(f"reading {self.build_url(obj_name)}"), sqldb.read_conn(self.engine) as conn:
+            data = conn.execute(select(objects.c.data).where(objects.c.name == obj_name)).scalar()
+        if data is None:
+            raise PersistenceDataNotFoundException(f"stored object {self.build_url(obj_name)} does not exist")
+        return bytes(data)
+
+    def exists(self, obj_name: str) -> bool:
+        self._key(obj_name)
+        with sqldb.db_errors(f"looking up {self.build_url(obj_name)}"), sqldb.read_conn(self.engine) as conn:
+            return conn.execute(select(objects.c.name).where(objects.c.name == obj_name)).first() is not None
+
+    def list(self, prefix: str) -> list[str]:
+        """Names of stored objects starting with ``prefix``; a prefix with a ``/`` reads one task's rows."""
+        query = select(objects.c.name)
+        if "/" in prefix:
+            query = query.where(objects.c.task_key == self._key(prefix.partition("/")[0]))
+        with sqldb.db_errors(f"listing {self.base_url}"), sqldb.read_conn(self.engine) as conn:
+            found = conn.execute(query).scalars().all()
+        return sorted(n for n in found if n.startswith(prefix))
+
+    def write(self, obj_name: str, data: str | bytes, *, fence: Fence | None = None) -> None:
+        """Insert or replace the object's row; with a fence, only while the lease row carries its token."""
+        key = self._key(obj_name)
+        payload = data.encode("utf-8") if isinstance(data, str) else data
+        values = {"name": obj_name, "task_key": key, "data": payload, "lease_token": None, "updated_at": time.time()}
+        statement = self._insert(objects).values(**values)
+        statement = statement.on_conflict_do_update(
+            index_elements=[objects.c.name],
+            set_={"data": statement.excluded.data, "updated_at": statement.excluded.updated_at},
+        )
+        what = f"writing {self.build_url(obj_name)} (its previous version is unchanged)"
+        with sqldb.db_errors(what), sqldb.write_tx(self.engine) as conn:
+            if fence is not None:
+                self._hold_fence(conn, fence)
+            conn.execute(statement)
+
+    def remove(self, obj_name: str, *, fence: Fence | None = None) -> bool:
+        self._key(obj_name)
+        with sqldb.db_errors(f"removing {self.build_url(obj_name)}"), sqldb.write_tx(self.engine) as conn:
+            if fence is not None:
+                self._hold_fence(conn, fence)
+            return conn.execute(delete(objects).where(objects.c.name == obj_name)).rowcount > 0
+
+    def lease_read(self, lock_name: str) -> str | None:
+        try:
+            return self.read(lock_name)
+        except PersistenceDataNotFoundException:
+            if self.exists(lock_name):
+                raise
+            return None
+
+    def lease_create(self, lock_name: str, data: str) -> bool:
+        values = {
+            "name": lock_name,
+            "task_key": self._key(lock_name),
+            "data": data.encode("utf-8"),
+            "lease_token": _token(data),
+            "updated_at": time.time(),
+        }
+        statement = (
+            self._insert(objects)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=[objects.c.name])
+            .returning(objects.c.name)
+        )
+        with sqldb.db_errors(f"creating lease {self.build_url(lock_name)}"), sqldb.write_tx(self.engine) as conn:
+            return conn.execute(statement).first() is not None
+
+    def lease_swap(self, lock_name: str, expected: str, new: str | None) -> bool:
+        self._key(lock_name)
+        match = (objects.c.name == lock_name) & (objects.c.data == expected.encode("utf-8"))
+        if new is None:
+            statement: Any = delete(objects).where(match)
+        else:
+            statement = (
+                update(objects)
+                .where(match)
+                .values(data=new.encode("utf-8"), lease_token=_token(new), updated_at=time.time())
+            )
+        with sqldb.db_errors(f"changing lease {self.build_url(lock_name)}"), sqldb.write_tx(self.engine) as conn:
+            return bool(conn.execute(statement).rowcount == 1)
+
+    def check_fence(self, fence: Fence) -> None:
+        with sqldb.db_errors(f"checking lease {self.build_url(fence.lock_name)}"), sqldb.write_tx(self.engine) as conn:
+            self._hold_fence(conn, fence)
+
+    def _hold_fence(self, conn: Connection, fence: Fence) -> None:
+        """Lock the lease row until the transaction ends; raise LeaseLostException if it is not ours."""
+        query = select(objects.c.lease_token).where(objects.c.name == fence.lock_name).with_for_update(read=True)
+        if conn.execute(query).scalar() != fence.token:
+            raise lease_lost(fence.lock_name)
+
+
+def _token(lease_text: str) -> str | None:
+    try:
+        token = json.loads(lease_text).get("token")
+    except (ValueError, AttributeError):
+        return None
+    return token if isinstance(token, str) else None
