@@ -3,11 +3,13 @@
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from airflow_checkmate.checkmate import TaskIO, TaskIOFile
+from airflow_checkmate.checkmate import TaskIO, TaskIOFile, sqldb
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,3 +63,42 @@ def start_task_process(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+POSTGRES_ENV = "CHECKMATE_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session (dropped at the end), from CHECKMATE_TEST_POSTGRES_URL.
+
+    Skips with the reason when the variable is unset, except under CI=true, where it fails: CI must
+    run the PostgreSQL tests.
+    """
+    server = os.environ.get(POSTGRES_ENV)
+    if not server:
+        reason = f"{POSTGRES_ENV} is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {reason}: the PostgreSQL tests must run in CI")
+        pytest.skip(reason)
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"checkmate_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(sqldb.parse_url(server), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL, once SQLite (a file in the test's folder) and once the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'checkmate.db'}"
+    return str(request.getfixturevalue("postgres_url"))

@@ -9,6 +9,7 @@ from typing_extensions import Self
 from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, EngineCore, S, _comparable_class_path, _json
 from airflow_checkmate.checkmate.exceptions import PersistenceDataNotFoundException, TaskEngineException
+from airflow_checkmate.checkmate.io.base import Fence, TaskIO
 from airflow_checkmate.checkmate.lease import LeaseRecord, acquire
 from airflow_checkmate.checkmate.models import TASK_SCHEMA_VERSION, TaskEngineState, TaskEvent
 
@@ -170,11 +171,17 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
         self._desynced = ""
 
     def _remove_stored(self, record: TaskEngineState[Any], stored: set[str]) -> None:
-        """Remove the task's objects; ``cleaning`` is persisted first so a crash mid-way is finished later."""
-        task_obj, lock_obj = names.task_obj_name(self.task_id), self.lock_obj_name
-        if task_obj in stored:
-            record.cleaning = True
-            self.io.write(task_obj, _json(record), fence=self._fence)
-        for obj in sorted(stored - {task_obj, lock_obj}):
-            self.io.remove(obj, fence=self._fence)
-        self.io.remove(task_obj, fence=self._fence)
+        remove_stored(self.io, self.task_id, record, stored, self._fence)
+
+
+def remove_stored(
+    io: TaskIO, task_id: str, record: TaskEngineState[Any] | None, stored: set[str], fence: Fence | None
+) -> None:
+    """Remove a task's objects but its lease; ``cleaning`` is persisted first so a crash mid-way is finished later."""
+    task_obj, lock_obj = names.task_obj_name(task_id), names.lock_obj_name(task_id)
+    if task_obj in stored and record is not None:
+        record.cleaning = True
+        io.write(task_obj, _json(record), fence=fence)
+    for obj in sorted(stored - {task_obj, lock_obj}):
+        io.remove(obj, fence=fence)
+    io.remove(task_obj, fence=fence)

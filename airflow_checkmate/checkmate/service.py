@@ -1,0 +1,256 @@
+"""CheckMateService: the operations the registry enables (list, show, cancel, reset, clean, unlock).
+
+The registry finds tasks; their storage is the truth, so every operation reads the stored state
+before acting. Operations that run stage code (``cancel()``) or need the templates (``reset``) rebuild
+the task from its stored ``checkmate_factory``, imported only when the allow-list admits it.
+Destructive batch operations default to a dry run that reports what would happen.
+"""
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_checkmate.checkmate import names
+from airflow_checkmate.checkmate.binding import remove_stored
+from airflow_checkmate.checkmate.engine import CheckMateEngine
+from airflow_checkmate.checkmate.exceptions import (
+    BindException,
+    PersistenceDataNotFoundException,
+    TaskEngineException,
+    TaskIOException,
+)
+from airflow_checkmate.checkmate.factory import load_factory
+from airflow_checkmate.checkmate.io.base import TaskIO
+from airflow_checkmate.checkmate.lease import LeaseRecord, acquire, parse_lease
+from airflow_checkmate.checkmate.managed import CheckMate
+from airflow_checkmate.checkmate.models import TaskEngineState
+from airflow_checkmate.checkmate.registry import TaskRecord, TaskRegistry
+from airflow_checkmate.checkmate.snapshot import TaskSnapshot, read_snapshot
+from airflow_checkmate.checkmate.stage import BaseStage
+from airflow_checkmate.checkmate.status import StageStatus
+
+S = StageStatus
+FINISHED = (S.COMPLETE, S.CANCELED)
+#: What an operation on one task may fail with, reported to the user as that task's outcome.
+ERRORS = (TaskEngineException, TaskIOException, PersistenceDataNotFoundException, BindException)
+
+
+class TaskNotFound(TaskEngineException):
+    """The registry has no row for a task id."""
+
+
+@dataclass
+class Outcome:
+    """What an operation did (or, in a dry run, would do) to one task."""
+
+    task_id: str
+    action: str
+    done: bool
+    message: str
+    failed: bool = False
+
+
+@dataclass
+class TaskDetails:
+    """A task's registry row, its stored progress and its lock holder (``holder_state``: live/expired/dead)."""
+
+    record: TaskRecord
+    snapshot: TaskSnapshot | None
+    lease: LeaseRecord | None
+    holder_state: str | None
+
+
+class CheckMateService:
+    """Operations on managed tasks.
+
+    :param registry: the task registry.
+    :param io: the configured storage; tasks whose row names another base URL get their own backend.
+    :param allowed_factories: allow-list patterns for rebuilding tasks (default: the setting).
+    """
+
+    def __init__(
+        self, registry: TaskRegistry, io: TaskIO | None = None, allowed_factories: Sequence[str] | None = None
+    ) -> None:
+        self.registry = registry
+        self.io = io
+        self.allowed_factories = allowed_factories
+        self._ios: dict[str, TaskIO] = {}
+
+    def record(self, task_id: str) -> TaskRecord:
+        found = self.registry.get(task_id)
+        if found is None:
+            raise TaskNotFound(f"no task {task_id!r} in the registry {self.registry.url}; see `checkmate list`")
+        return found
+
+    def io_for(self, record: TaskRecord) -> TaskIO:
+        """The storage holding the task's state."""
+        if self.io is not None and self.io.base_url == record.base_url:
+            return self.io
+        if record.base_url not in self._ios:
+            if ":***@" in record.base_url:
+                raise TaskEngineException(
+                    f"task {record.task_id} is stored at {record.base_url}, which needs a password: point the "
+                    "configuration (connection or CHECKMATE_BASE_URL) at that storage"
+                )
+            self._ios[record.base_url] = TaskIO.from_base_url(record.base_url)
+        return self._ios[record.base_url]
+
+    def show(self, task_id: str) -> TaskDetails:
+        record = self.record(task_id)
+        io = self.io_for(record)
+        raw = io.lease_read(names.lock_obj_name(task_id))
+        lease = parse_lease(raw, names.lock_obj_name(task_id)) if raw else None
+        return TaskDetails(record, read_snapshot(io, task_id), lease, lease.holder_state() if lease else None)
+
+    def dump(self, task_id: str) -> str:
+        """``dump_stages`` of the stored state (rebuilds the task for its templates; takes no lock)."""
+        built = self.rebuild(self.record(task_id))
+        engine: CheckMateEngine[Any, Any] = CheckMateEngine(built.io, task_id, built._templates, no_lock=True)
+        with engine:
+            return engine.dump_stages(source="persistence", color=None)
+
+    def rebuild(self, record: TaskRecord) -> CheckMateEngine[Any, Any]:
+        """The task built again by its factory (allow-listed), on the storage its row names."""
+        if not record.checkmate_factory:
+            raise TaskEngineException(
+                f"task {record.task_id} has no importable checkmate_factory recorded, so it cannot be rebuilt"
+            )
+        factory = load_factory(record.checkmate_factory, self.allowed_factories)
+        kwargs = dict(record.factory_kwargs)
+        params = inspect.signature(factory).parameters
+        if "task_id" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            kwargs["task_id"] = record.task_id
+        built = factory(**kwargs)
+        io = self.io_for(record)
+        if isinstance(built, CheckMateEngine):
+            if built.task_id != record.task_id or built.io.base_url != io.base_url:
+                raise TaskEngineException(
+                    f"checkmate_factory {record.checkmate_factory} built task {built.task_id} at "
+                    f"{built.io.base_url}, not {record.task_id} at {io.base_url}; accept a task_id argument"
+                )
+            return built
+        if isinstance(built, Sequence) and built and all(isinstance(s, BaseStage) for s in built):
+            return CheckMate(
+                record.checkmate_factory,
+                list(built),
+                task_id=record.task_id,
+                description=record.description,
+                queue=record.queue,
+                tags=record.tags,
+                io=io,
+                registry=self.registry,
+                factory_kwargs=record.factory_kwargs,
+            )
+        raise TaskEngineException(
+            f"checkmate_factory {record.checkmate_factory} returned {type(built).__name__}, not a CheckMate or stages"
+        )
+
+    def cancel(self, task_ids: Sequence[str], dry_run: bool = True, reason: str = "") -> list[Outcome]:
+        """Cancel tasks: a live holder is asked to stop at its next stage boundary; others are canceled here."""
+        reason = reason or "canceled with `checkmate cancel`"
+        return [self._each(task_id, "cancel", lambda r: self._cancel(r, dry_run, reason)) for task_id in task_ids]
+
+    def _each(self, task_id: str, action: str, run: Callable[[TaskRecord], Outcome]) -> Outcome:
+        """One task of a batch: its failure is reported as an outcome, not raised, so the batch goes on."""
+        try:
+            return run(self.record(task_id))
+        except ERRORS as exc:
+            return Outcome(task_id, action, False, f"failed: {exc}", failed=True)
+
+    def _cancel(self, record: TaskRecord, dry_run: bool, reason: str) -> Outcome:
+        details = self.show(record.task_id)
+        status = details.snapshot.status if details.snapshot else None
+        if status is None or status in (S.COMPLETE, S.ERROR, S.CANCELED):
+            return Outcome(record.task_id, "cancel", False, f"skipped: it is {status or 'not stored'}")
+        holder = details.lease.describe() if details.lease and details.holder_state == "live" else ""
+        if dry_run:
+            how = f"ask its holder ({holder}) to stop" if holder else "cancel it here, running cancel()"
+            return Outcome(record.task_id, "cancel", False, f"dry run: would {how}")
+        io = self.io_for(record)
+        if not holder:
+            try:
+                engine = self.rebuild(record)
+            except Exception as exc:  # the factory is user code: whatever it raises, leave a request
+                CheckMateEngine.request_cancel(io, record.task_id, reason)
+                message = f"cancel requested; it takes effect, running cancel(), when the task next runs ({exc})"
+                return Outcome(record.task_id, "cancel", True, message)
+            engine.bind_lock_timeout, engine.owner = None, "checkmate cancel"
+            try:
+                with engine:
+                    if engine.status in (S.COMPLETE, S.ERROR, S.CANCELED):
+                        return Outcome(record.task_id, "cancel", False, f"skipped: it is {engine.status}")
+                    stage = engine.stages[engine._first_incomplete()].stage_name
+                    engine.cancel()
+                return Outcome(record.task_id, "cancel", True, f"canceled at stage {stage!r}; its cancel() ran")
+            except BindException as exc:  # a worker took it meanwhile
+                holder = str(exc)
+        CheckMateEngine.request_cancel(io, record.task_id, reason)
+        return Outcome(
+            record.task_id,
+            "cancel",
+            True,
+            f"cancel requested; {holder or 'the holder'} stops at its next stage boundary and runs cancel()",
+        )
+
+    def reset(self, task_id: str, stage_name: str | None = None) -> Outcome:
+        """Make an ERROR/CANCELED task runnable again, or restart it from ``stage_name``."""
+        engine = self.rebuild(self.record(task_id))
+        engine.bind_lock_timeout, engine.owner = None, "checkmate reset"
+        with engine:
+            engine.reset(stage_name)
+            status = engine.status
+        where = f"from stage {stage_name!r}" if stage_name else "the stopped stage"
+        return Outcome(task_id, "reset", True, f"reset {where}; the task is {status} and resumes when it next runs")
+
+    def clean(
+        self, records: Sequence[TaskRecord], dry_run: bool = True, statuses: Sequence[S] = FINISHED
+    ) -> list[Outcome]:
+        """Remove the stored state of tasks whose stored status is one of ``statuses``; rows are marked cleaned."""
+        return [self._each(r.task_id, "clean", lambda r: self._clean(r, dry_run, statuses)) for r in records]
+
+    def _clean(self, record: TaskRecord, dry_run: bool, statuses: Sequence[S]) -> Outcome:
+        io = self.io_for(record)
+        task_id = record.task_id
+        stored = set(io.list(names.task_prefix(task_id)))
+        snapshot = read_snapshot(io, task_id)
+        if snapshot is not None and snapshot.status not in statuses:
+            return Outcome(task_id, "clean", False, f"skipped: it is {snapshot.status}")
+        if dry_run:
+            return Outcome(task_id, "clean", False, f"dry run: would remove {len(stored)} stored object(s)")
+        try:
+            keeper, _ = acquire(io, names.lock_obj_name(task_id), None, "checkmate clean")
+        except BindException as exc:
+            return Outcome(task_id, "clean", False, f"skipped: {exc}")
+        try:
+            snapshot = read_snapshot(io, task_id)  # again, under the lock
+            if snapshot is not None and snapshot.status not in statuses:
+                return Outcome(task_id, "clean", False, f"skipped: it became {snapshot.status}")
+            stored = set(io.list(names.task_prefix(task_id)))
+            task_obj = names.task_obj_name(task_id)
+            state: TaskEngineState[Any] | None = (
+                TaskEngineState.model_validate_json(io.read_bytes(task_obj)) if task_obj in stored else None
+            )
+            remove_stored(io, task_id, state, stored, keeper.fence)
+        finally:
+            keeper.release()
+        io.prune(names.task_prefix(task_id))
+        self.registry.update(task_id, cleaned=True, lock_holder=None)
+        return Outcome(task_id, "clean", True, f"removed {len(stored) - 1} stored object(s); row marked cleaned")
+
+    def unlock(self, task_id: str, force: bool = False) -> Outcome:
+        """Break a task's lock; without ``force`` only report its holder."""
+        details = self.show(task_id)
+        if details.lease is None:
+            return Outcome(task_id, "unlock", False, "not locked")
+        holder = f"held by {details.lease.describe()} ({details.holder_state})"
+        if not force:
+            return Outcome(task_id, "unlock", False, f"{holder}; pass --force to break the lock")
+        io = self.io_for(details.record)
+        lock = names.lock_obj_name(task_id)
+        raw = io.lease_read(lock)
+        if raw is None or parse_lease(raw, lock).token != details.lease.token or not io.lease_swap(lock, raw, None):
+            return Outcome(task_id, "unlock", False, "the lock changed hands meanwhile; look again")
+        self.registry.update(task_id, lock_holder=None)
+        note = "; that process is alive: its next write will be refused" if details.holder_state == "live" else ""
+        return Outcome(task_id, "unlock", True, f"lock broken ({holder}){note}")
