@@ -151,7 +151,7 @@ def make_service(args: argparse.Namespace) -> CheckMateService:
 
 def _configure_logging(verbose: bool) -> None:
     """Logs to stderr (warnings, or everything with -v), so stdout holds only the command's output."""
-    with contextlib.suppress(ImportError):
+    with contextlib.suppress(ImportError), contextlib.redirect_stdout(sys.stderr):
         import airflow.sdk  # noqa: F401  (importing Airflow configures logging; ours must come after it)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,

@@ -34,6 +34,9 @@ def factory_path(factory: Callable[..., Any] | str | None) -> str | None:
         raise TaskEngineException(f"checkmate_factory must be a callable or its dotted path, got {factory!r}")
     module, qualname = getattr(factory, "__module__", None), getattr(factory, "__qualname__", "")
     path = f"{module}.{qualname}"
+    if module and module.startswith("unusual_prefix_"):
+        log.info("checkmate_factory %s is defined in a DAG file: tools cannot import it to rebuild the task", qualname)
+        return None
     if not module or module == "__main__" or not _DOTTED.fullmatch(path):
         log.warning(
             "checkmate_factory %s has no importable path (define it at module level in an importable module): "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import re
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -14,8 +15,10 @@ from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_checkmate.checkmate import (
+    DEFAULT_QUEUE_NAME,
     BaseStage,
     BindException,
+    CheckMate,
     CheckMateEngine,
     RetryPolicy,
     StageInterrupted,
@@ -84,6 +87,11 @@ class CheckMateOperator(BaseOperator):
     :param bind_lock_timeout: seconds to wait for another holder of the task's lock (None: fail at once).
     :param strict_recovery: re-run a stage left RUNNING by a dead worker (default True).
     :param auto_cleanup: remove the task's stored state when the try ends.
+    :param managed: run a managed ``CheckMate``, so the task has a registry row (``checkmate list``);
+        False runs a plain engine with stage state only.
+    :param checkmate_queue: the CheckMate queue the task is listed under (BaseOperator's ``queue`` is
+        the executor's).
+    :param checkmate_tags: tags to find the task by; ``dag:<dag_id>`` is always added.
     """
 
     template_fields: Sequence[str] = ("checkmate_task_id", "factory_kwargs")
@@ -104,6 +112,9 @@ class CheckMateOperator(BaseOperator):
         bind_lock_timeout: float | None = None,
         strict_recovery: bool = True,
         auto_cleanup: bool = False,
+        managed: bool = True,
+        checkmate_queue: str = DEFAULT_QUEUE_NAME,
+        checkmate_tags: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(retry_policy, str):
@@ -125,6 +136,9 @@ class CheckMateOperator(BaseOperator):
         self.bind_lock_timeout = bind_lock_timeout
         self.strict_recovery = strict_recovery
         self.auto_cleanup = auto_cleanup
+        self.managed = managed
+        self.checkmate_queue = checkmate_queue
+        self.checkmate_tags = list(checkmate_tags or ())
         self._engine: CheckMateEngine[Any, Any] | None = None
         self._killed = ""
 
@@ -157,15 +171,36 @@ class CheckMateOperator(BaseOperator):
         else:
             attempts = int(self.retries or 0) + 1
         policy = self.checkmate_retry_policy or (RetryPolicy.RETRY if attempts > 1 else RetryPolicy.NONE)
-        return CheckMateEngine(
-            self.hook.io,
-            self.resolve_task_id(context),
+        options: dict[str, Any] = {
+            "retry_policy": policy,
+            "max_attempts": attempts,
+            "bind_lock_timeout": self.bind_lock_timeout,
+            "auto_cleanup": self.auto_cleanup,
+        }
+        task_id = self.resolve_task_id(context)
+        if not self.managed:
+            return CheckMateEngine(self.hook.io, task_id, stages, **options)
+        ti = context["ti"]
+        return CheckMate(
+            self._rebuildable_factory(),
             stages,
-            retry_policy=policy,
-            max_attempts=attempts,
-            bind_lock_timeout=self.bind_lock_timeout,
-            auto_cleanup=self.auto_cleanup,
+            task_id,
+            description=f"Airflow task {ti.dag_id}.{ti.task_id}, run {ti.run_id}",
+            queue=self.checkmate_queue,
+            tags=[*self.checkmate_tags, f"dag:{ti.dag_id}"],
+            io=self.hook.io,
+            registry=self.hook.registry,
+            factory_kwargs=self.factory_kwargs if self._rebuildable_factory() else None,
+            **options,
         )
+
+    def _rebuildable_factory(self) -> Callable[..., Any] | str | None:
+        """The factory tools can rebuild the task with: only one whose (rendered) kwargs are JSON."""
+        try:
+            json.dumps(self.factory_kwargs)
+        except (TypeError, ValueError):
+            return None
+        return self.checkmate_factory
 
     def execute(self, context: Context) -> Any:
         ti = context["ti"]

@@ -118,6 +118,7 @@ def test_every_example_imports_into_a_dagbag_without_errors_or_warnings(examples
         "checkmate_factory_params",
         "checkmate_sensor_wait",
         "checkmate_cancel_callback",
+        "checkmate_postgres_state",
     } <= set(bag["dags"])
     for dag_id, dag in bag["dags"].items():
         assert dag["tags"] == ["checkmate", "example"], dag_id

@@ -75,6 +75,37 @@ def test_reference_public_names_and_defaults() -> None:
     assert dump["source"].default == "memory" and dump["basenames_only"].default is False
     assert dump["source_in_heading"].default is False
     assert cm.STAGE_NAME_MAX_LENGTH == 150
+    managed = inspect.signature(cm.CheckMate.__init__).parameters
+    positional = [k for k, p in managed.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional == [
+        "checkmate_factory",
+        "stage_templates",
+        "task_id",
+        "description",
+        "no_lock",
+        "retry_policy",
+        "max_attempts",
+        "bind_lock_timeout",
+        "auto_cleanup",
+        "force_create",
+        "queue",
+        "tags",
+    ]
+    managed_defaults = {k: managed[k].default for k in positional[1:]}
+    assert managed_defaults == {
+        "stage_templates": None,
+        "task_id": None,
+        "description": None,
+        "no_lock": False,
+        "retry_policy": None,
+        "max_attempts": None,
+        "bind_lock_timeout": None,
+        "auto_cleanup": None,
+        "force_create": False,
+        "queue": cm.DEFAULT_QUEUE_NAME,
+        "tags": None,
+    }
+    assert issubclass(cm.CheckMate, CheckMateEngine) and "CheckMate" in cm.__all__
     assert {s.value for s in StageStatus} == {"UNBOUND", "CREATED", "RUNNING", "RETRY", "ERROR", "COMPLETE", "CANCELED"}
 
 
