@@ -15,7 +15,7 @@ def get_provider_info() -> dict[str, Any]:
         "sensors": [{"integration-name": "CheckMate", "python-modules": ["airflow_checkmate.sensors.checkmate"]}],
         "hooks": [{"integration-name": "CheckMate", "python-modules": ["airflow_checkmate.hooks.checkmate"]}],
         "triggers": [{"integration-name": "CheckMate", "python-modules": ["airflow_checkmate.triggers.checkmate"]}],
-        "extra-links": ["airflow_checkmate.operators.checkmate.CheckMateStateLink"],
+        "extra-links": ["airflow_checkmate.links.checkmate.CheckMateStateLink"],
         "connection-types": [
             {
                 "connection-type": "checkmate",
@@ -24,12 +24,22 @@ def get_provider_info() -> dict[str, Any]:
                 "ui-field-behaviour": {
                     "hidden-fields": ["host", "schema", "port", "login", "password"],
                     "relabeling": {},
-                    "placeholders": {"extra": '{"base_url": "file:///var/lib/checkmate", "lease_seconds": 30}'},
+                    "placeholders": {
+                        "extra": '{"base_url": "postgresql://checkmate@db/checkmate", '
+                        '"database_url": "postgresql://checkmate@db/checkmate", "lease_seconds": 30}'
+                    },
                 },
                 "conn-fields": {
                     "base_url": {
                         "label": "Storage base URL",
-                        "description": "Where stage state is kept: file:///path or a plain path",
+                        "description": "Where stage state is kept: file:///path, a plain path, "
+                        "postgresql://user:password@host/db or sqlite:////path/state.db",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "database_url": {
+                        "label": "Registry database URL",
+                        "description": "The managed-task registry: postgresql://user:password@host/db or "
+                        "sqlite:////path/registry.db (default: SQLite under $AIRFLOW_HOME/checkmate)",
                         "schema": {"type": ["string", "null"]},
                     },
                     "lease_seconds": {

@@ -86,7 +86,7 @@ def test_providers_hooks_shows_the_checkmate_hook(providers_cli: dict[str, list[
 
 def test_providers_links_shows_the_state_link(providers_cli: dict[str, list[dict[str, Any]]]) -> None:
     names = [r["extra_link_class_name"] for r in providers_cli["links"]]
-    assert "airflow_checkmate.operators.checkmate.CheckMateStateLink" in names
+    assert "airflow_checkmate.links.checkmate.CheckMateStateLink" in names
 
 
 def test_package_name_is_the_distribution_name() -> None:
