@@ -55,6 +55,11 @@ def main() -> int:
     state = HOME / "checkmate" / "state"
     print(f"\n== DAG run {'succeeded' if proc.returncode == 0 else 'FAILED'}; stage state in {state.relative_to(ROOT)}")
     print(f"   full Airflow log: {log.relative_to(ROOT)}")
+    print(f"\n== checkmate list   (the task registry, {(HOME / 'checkmate' / 'registry.db').relative_to(ROOT)})\n")
+    listing = subprocess.run(
+        [str(Path(sys.executable).with_name("checkmate")), "list"], env=env, capture_output=True, text=True, check=False
+    )
+    print("\n".join("   " + line for line in (listing.stdout or listing.stderr).splitlines()))
     return proc.returncode
 
 
