@@ -26,6 +26,15 @@ BACKENDS: dict[str, str] = {
 }
 
 
+def _redacted(url: str) -> str:
+    """The URL with its password (if any) replaced by ``***``, for messages."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return "<unparseable URL>"
+    return url.replace(f":{password}@", ":***@") if password else url
+
+
 @dataclass(frozen=True)
 class Fence:
     """Proof of holding a task's bind lease: writes carrying it are refused once the lease is lost."""
@@ -61,7 +70,8 @@ class TaskIO(ABC):
         if target is None:
             known = ", ".join(sorted(f"{s}://" for s in BACKENDS if s))
             raise TaskEngineException(
-                f"no CheckMate storage backend for URL scheme {scheme!r} in {url!r}; known: {known} or a plain path"
+                f"no CheckMate storage backend for URL scheme {scheme!r} in {_redacted(url)!r}; known: {known} "
+                "or a plain path"
             )
         module, _, name = target.partition(":")
         backend: type[TaskIO] = getattr(importlib.import_module(module), name)

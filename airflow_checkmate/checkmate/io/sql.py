@@ -63,13 +63,18 @@ class TaskIOSQL(TaskIO):
     def _key(obj_name: str) -> str:
         return validate_obj_name(obj_name)[0]
 
-    def read_bytes(self, obj_name: str) -> bytes:
+    def _fetch(self, obj_name: str) -> bytes | None:
+        """The object's bytes in one statement, or None if it does not exist."""
         self._key(obj_name)
         with sqldb.db_errors(f"reading {self.build_url(obj_name)}"), sqldb.read_conn(self.engine) as conn:
             data = conn.execute(select(objects.c.data).where(objects.c.name == obj_name)).scalar()
+        return None if data is None else bytes(data)
+
+    def read_bytes(self, obj_name: str) -> bytes:
+        data = self._fetch(obj_name)
         if data is None:
             raise PersistenceDataNotFoundException(f"stored object {self.build_url(obj_name)} does not exist")
-        return bytes(data)
+        return data
 
     def exists(self, obj_name: str) -> bool:
         self._key(obj_name)
@@ -93,8 +98,14 @@ class TaskIOSQL(TaskIO):
         statement = self._insert(objects).values(**values)
         statement = statement.on_conflict_do_update(
             index_elements=[objects.c.name],
-            set_={"data": statement.excluded.data, "updated_at": statement.excluded.updated_at},
+            set_={  # an object written over a lease is no lease any more: its token goes too
+                "data": statement.excluded.data,
+                "lease_token": statement.excluded.lease_token,
+                "updated_at": statement.excluded.updated_at,
+            },
         )
+        if fence is not None:
+            self._key(fence.lock_name)
         what = f"writing {self.build_url(obj_name)} (its previous version is unchanged)"
         with sqldb.db_errors(what), sqldb.write_tx(self.engine) as conn:
             if fence is not None:
@@ -103,18 +114,21 @@ class TaskIOSQL(TaskIO):
 
     def remove(self, obj_name: str, *, fence: Fence | None = None) -> bool:
         self._key(obj_name)
+        if fence is not None:
+            self._key(fence.lock_name)
         with sqldb.db_errors(f"removing {self.build_url(obj_name)}"), sqldb.write_tx(self.engine) as conn:
             if fence is not None:
                 self._hold_fence(conn, fence)
             return conn.execute(delete(objects).where(objects.c.name == obj_name)).rowcount > 0
 
     def lease_read(self, lock_name: str) -> str | None:
+        data = self._fetch(lock_name)  # one statement: a lease released and retaken meanwhile reads as either
         try:
-            return self.read(lock_name)
-        except PersistenceDataNotFoundException:
-            if self.exists(lock_name):
-                raise
-            return None
+            return None if data is None else data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PersistenceDataNotFoundException(
+                f"lease {self.build_url(lock_name)} is not UTF-8 text ({exc}); it was left in place"
+            ) from exc
 
     def lease_create(self, lock_name: str, data: str) -> bool:
         values = {
@@ -148,6 +162,7 @@ class TaskIOSQL(TaskIO):
             return bool(conn.execute(statement).rowcount == 1)
 
     def check_fence(self, fence: Fence) -> None:
+        self._key(fence.lock_name)
         with sqldb.db_errors(f"checking lease {self.build_url(fence.lock_name)}"), sqldb.write_tx(self.engine) as conn:
             self._hold_fence(conn, fence)
 
