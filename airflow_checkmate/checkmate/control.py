@@ -29,17 +29,19 @@ class ControlMixin(EngineCore[STAGE, STAGE_RESULT]):
 
     # ----------------------------------------------------------------- cancel and reset
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "") -> None:
         """Cancel the task: the first incomplete stage and all after it become CANCELED.
 
         That stage's ``cancel()`` runs once for cleanup. Raises TaskEngineException if the task is
         already COMPLETE, ERROR or CANCELED.
+
+        :param reason: recorded in the stages' and the task's history (default "canceled").
         """
         self._require_bound()
         status = self.status
         if status in (S.COMPLETE, S.ERROR, S.CANCELED):
             raise TaskEngineException(f"cannot cancel task {self.task_id!r}: it is already {status}")
-        self._cancel_from(self._first_incomplete(), "canceled")
+        self._cancel_from(self._first_incomplete(), reason or "canceled")
 
     def _cancel_from(self, index: int, message: str) -> None:
         stages = self.task_state.stage_templates

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 class CheckMate(CheckMateEngine[STAGE, STAGE_RESULT]):
     """ManagedTask extends TaskEngine to add RDBMS persistence via bind/unbind hooks.
 
+    Each bind writes the row from this instance (description, queue, tags and factory included), so
+    the last binder's definition is what ``checkmate list`` shows.
+
     Every bind, unbind and persisted stage update keeps the task's registry row current (status, lock
     holder, progress), so ``checkmate list`` and the service operations see every task. Storage and
     registry come from ``io=`` / ``registry=``, else the Airflow connection ``checkmate_default``, else

@@ -181,7 +181,7 @@ class CheckMateService:
                     if engine.status in (S.COMPLETE, S.ERROR, S.CANCELED):
                         return Outcome(record.task_id, "cancel", False, f"skipped: it is {engine.status}")
                     stage = engine.stages[engine._first_incomplete()].stage_name
-                    engine.cancel()
+                    engine.cancel(reason)
                 return Outcome(record.task_id, "cancel", True, f"canceled at stage {stage!r}; its cancel() ran")
             except BindException as exc:  # a worker took it meanwhile
                 holder = str(exc)
