@@ -20,8 +20,8 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 	$(PIP) -e . 2>&1 | $(QUIET)
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(PIP) -e '.[test]' 2>&1 | $(QUIET)
+$(VENV)/.installed-test: pyproject.toml constraints-test.txt | $(BIN)/python
+	$(PIP) -e '.[test]' -c constraints-test.txt 2>&1 | $(QUIET)
 	touch $@ $(VENV)/.installed-base
 
 demo: $(VENV)/.installed-base

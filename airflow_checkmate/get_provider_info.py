@@ -33,13 +33,19 @@ def get_provider_info() -> dict[str, Any]:
                     "base_url": {
                         "label": "Storage base URL",
                         "description": "Where stage state is kept: file:///path, a plain path, "
-                        "postgresql://user:password@host/db or sqlite:////path/state.db",
+                        "s3://bucket/prefix, postgresql://user:password@host/db or sqlite:////path/state.db",
                         "schema": {"type": ["string", "null"]},
                     },
                     "database_url": {
                         "label": "Registry database URL",
                         "description": "The managed-task registry: postgresql://user:password@host/db or "
                         "sqlite:////path/registry.db (default: SQLite under $AIRFLOW_HOME/checkmate)",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "storage_conn_id": {
+                        "label": "Object storage connection id",
+                        "description": "For an s3:// base URL: the Airflow connection with the store's credentials "
+                        "(an aws connection; its extra may set endpoint_url)",
                         "schema": {"type": ["string", "null"]},
                     },
                     "lease_seconds": {

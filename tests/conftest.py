@@ -1,8 +1,13 @@
 """Shared fixtures: a storage folder per test, and a way to run tasks in real child processes."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,3 +107,74 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'checkmate.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+S3_CONN_ID = "checkmate_test_s3"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on a free loopback port for the session; its Airflow connection is set in os.environ.
+
+    The connection ``checkmate_test_s3`` (type aws, dummy keys, ``endpoint_url``) is exported as
+    ``AIRFLOW_CONN_CHECKMATE_TEST_S3`` so that child processes and ``airflow`` commands see it too.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.helpers.s3_server", str(port)],
+        cwd=ROOT,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1).close()
+            break
+        except urllib.error.HTTPError:
+            break  # it answers
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"the moto S3 server did not start: {proc.communicate()[1][-2000:]!r}") from None
+            time.sleep(0.1)
+    conn = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
+    saved = {k: os.environ.get(k) for k in ("AIRFLOW_CONN_CHECKMATE_TEST_S3", "AWS_EC2_METADATA_DISABLED")}
+    os.environ["AIRFLOW_CONN_CHECKMATE_TEST_S3"] = json.dumps(conn)
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def s3_url(s3_endpoint: str) -> str:
+    """A fresh bucket on the session's S3 server, as ``s3://<bucket>/state`` (credentials: S3_CONN_ID)."""
+    import boto3
+
+    bucket = f"checkmate-{uuid.uuid4().hex[:12]}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/state"

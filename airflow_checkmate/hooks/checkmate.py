@@ -28,7 +28,9 @@ class CheckMateHook(BaseHook):
 
     The connection's extra holds ``base_url`` for stage state (``file:///path``, a plain path,
     ``postgresql://...``, ``sqlite:////path.db``), ``database_url`` for the task registry (SQLite or
-    PostgreSQL), ``lease_seconds`` (bind lease, default 30) and ``durable`` (fsync writes, default true).
+    PostgreSQL), ``lease_seconds`` (bind lease, default 30), ``durable`` (fsync writes, default true) and,
+    for object storage (``s3://bucket/prefix``), ``storage_conn_id``: the Airflow connection holding that
+    store's credentials (an ``aws`` connection, whose extra may set ``endpoint_url``).
     A setting the connection lacks, or all of them when ``checkmate_default`` is not defined, comes from
     CHECKMATE_BASE_URL / CHECKMATE_DATABASE_URL, else the embedded default: files under
     ``$AIRFLOW_HOME/checkmate/state`` and SQLite at ``$AIRFLOW_HOME/checkmate/registry.db``.
@@ -88,6 +90,8 @@ class CheckMateHook(BaseHook):
             raise AirflowException(f"CheckMate connection {self.checkmate_conn_id!r}: {exc}") from exc
         if config.get("durable") not in (None, ""):
             options["durable"] = _as_bool(config["durable"])
+        if config.get("storage_conn_id"):
+            options["conn_id"] = str(config["storage_conn_id"])
         return StorageSettings(config["base_url"], config["database_url"], options, config["source"])
 
     @cached_property

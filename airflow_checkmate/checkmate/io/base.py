@@ -23,6 +23,10 @@ BACKENDS: dict[str, str] = {
         ("sqlite", "postgres", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "postgresql+pg8000"),
         "airflow_checkmate.checkmate.io.sql:TaskIOSQL",
     ),
+    **dict.fromkeys(
+        ("s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"),
+        "airflow_checkmate.checkmate.io.objectstorage:TaskIOObjectStorage",
+    ),
 }
 
 

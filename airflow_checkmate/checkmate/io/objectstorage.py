@@ -1,0 +1,221 @@
+"""TaskIOObjectStorage: a task's objects in object storage, through Airflow's ObjectStoragePath (fsspec).
+
+Every object is written whole with one PUT (atomic on S3; never temp-and-rename). Listing, existence
+and removal use the store's prefix listing; nothing assumes folders. Locking needs conditional writes,
+which S3 has (see :mod:`.conditions`); other stores work unlocked (``no_lock=True``) and refuse a lock.
+
+Fencing on S3, exactly: every fenced write or removal (1) reads the lease and refuses if it no longer
+carries the holder's token, then (2) is conditional on the ETag this holder last saw for that object
+(``If-None-Match: *`` for one it saw absent). A holder whose lease was taken over is therefore refused
+at its next write, except for one write already past step (1) when the takeover happened; that write
+lands only if the new holder has not written that object since, and the new holder's own next write
+of it then fails its condition (LeaseLostException) instead of silently overwriting it. No write is
+ever lost without an error: two holders never both succeed in writing over the same version.
+"""
+
+from typing import Any
+
+from airflow_checkmate.checkmate.exceptions import (
+    LeaseLostException,
+    PersistenceDataNotFoundException,
+    TaskIOException,
+)
+from airflow_checkmate.checkmate.io.base import DEFAULT_LEASE_SECONDS, Fence, TaskIO
+from airflow_checkmate.checkmate.io.conditions import SINGLE_PUT, ConditionFailed, conditional_writes
+from airflow_checkmate.checkmate.names import validate_obj_name
+
+_UNKNOWN = object()
+
+
+class TaskIOObjectStorage(TaskIO):
+    """Task I/O implementation for object storage: ``s3://bucket/prefix`` (and gs://, abfs://, memory://...).
+
+    :param base_url: the store and prefix the task folders go under.
+    :param conn_id: the Airflow connection with the store's credentials (e.g. an ``aws`` connection,
+        whose extra may carry ``endpoint_url``); None uses the provider's default.
+    :param lease_seconds: how long a bind lease lives without a heartbeat (wall clocks are compared).
+    """
+
+    scheme = "objectstorage"
+
+    def __init__(
+        self, base_url: str, *, conn_id: str | None = None, lease_seconds: float = DEFAULT_LEASE_SECONDS, **_: Any
+    ) -> None:
+        super().__init__(base_url.rstrip("/"), lease_seconds=lease_seconds)
+        try:
+            from airflow.sdk import ObjectStoragePath
+
+            self.root = ObjectStoragePath(self.base_url, conn_id=conn_id)
+            self.fs = self.root.fs
+        except (ImportError, ValueError, AttributeError) as exc:
+            raise TaskIOException(
+                f"cannot open object storage {self.base_url}: {exc}. For s3:// install "
+                "airflow-provider-checkmate[s3]; for gs:// or abfs:// the Airflow Google or Microsoft Azure provider"
+            ) from exc
+        self.conditions = conditional_writes(self.root.protocol, self.fs)
+        self._etags: dict[str, str | None] = {}  # last ETag seen per object name; None: seen absent
+
+    def _path(self, obj_name: str) -> str:
+        validate_obj_name(obj_name)
+        return f"{self.root.path.rstrip('/')}/{obj_name}"
+
+    def build_url(self, obj_name: str) -> str:
+        return f"{self.base_url}/{obj_name}"
+
+    def _errors(self, what: str, exc: Exception) -> TaskIOException:
+        return TaskIOException(f"{what} failed: {type(exc).__name__}: {exc}")
+
+    def read_bytes(self, obj_name: str) -> bytes:
+        path = self._path(obj_name)
+        found: tuple[bytes, str | None] | None
+        try:
+            if self.conditions.available:  # bytes and ETag from one request
+                found = self.conditions.read(path)
+            else:
+                self.fs.invalidate_cache(path)
+                found = (self.fs.cat_file(path), None)
+        except FileNotFoundError:
+            found = None
+        except OSError as exc:
+            raise PersistenceDataNotFoundException(
+                f"cannot read stored object {self.build_url(obj_name)}: {exc}"
+            ) from exc
+        if found is None:
+            self._etags[obj_name] = None
+            raise PersistenceDataNotFoundException(f"stored object {self.build_url(obj_name)} does not exist")
+        data, etag = found
+        if etag is not None:
+            self._etags[obj_name] = etag
+        return bytes(data)
+
+    def exists(self, obj_name: str) -> bool:
+        path = self._path(obj_name)
+        self.fs.invalidate_cache(path)
+        try:
+            return bool(self.fs.isfile(path))
+        except OSError as exc:
+            raise self._errors(f"looking up {self.build_url(obj_name)}", exc) from exc
+
+    def list(self, prefix: str) -> list[str]:
+        """Names of the objects under the base that start with ``prefix`` (one prefix listing)."""
+        folder, _, _ = prefix.rpartition("/")
+        root = self.root.path.rstrip("/")
+        start = f"{root}/{folder}" if folder else root
+        if folder:
+            validate_obj_name(folder)
+        self.fs.invalidate_cache()
+        try:
+            found = self.fs.find(start, detail=True) if self.fs.exists(start) else {}
+        except FileNotFoundError:
+            found = {}
+        except OSError as exc:
+            raise self._errors(f"listing {self.base_url}/{prefix}", exc) from exc
+        names = []
+        base = root.lstrip("/") + "/"
+        for path, info in found.items():
+            name = path.lstrip("/")[len(base) :] if path.lstrip("/").startswith(base) else ""
+            if name.startswith(prefix) and name and info.get("type", "file") == "file":
+                names.append(name)
+                if info.get("ETag"):
+                    self._etags.setdefault(name, info["ETag"])
+        return sorted(names)
+
+    def write(self, obj_name: str, data: str | bytes, *, fence: Fence | None = None) -> None:
+        """Replace the object with one PUT; with a fence, only while the lease holds and the object is unchanged."""
+        path = self._path(obj_name)
+        payload = data.encode("utf-8") if isinstance(data, str) else data
+        try:
+            if fence is None:
+                self._put(path, payload)
+                self._etags.pop(obj_name, None)
+                return
+            self.check_fence(fence)
+            seen = self._seen(obj_name, path)
+            etag = (
+                self.conditions.create(path, payload) if seen is None else self.conditions.replace(path, payload, seen)
+            )
+            self._etags[obj_name] = etag
+        except ConditionFailed as exc:
+            raise self._changed(obj_name) from exc
+        except OSError as exc:
+            raise self._errors(f"writing {self.build_url(obj_name)} (its previous version is unchanged)", exc) from exc
+        finally:
+            self.fs.invalidate_cache(path)
+
+    def _put(self, path: str, payload: bytes) -> None:
+        try:
+            self.fs.pipe_file(path, payload, chunksize=SINGLE_PUT)
+        except FileNotFoundError:  # a store with real folders (file://): make the task's folder
+            self.fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+            self.fs.pipe_file(path, payload, chunksize=SINGLE_PUT)
+
+    def _seen(self, obj_name: str, path: str) -> str | None:
+        """The ETag this process last saw for the object (looked up now if it never saw it)."""
+        seen = self._etags.get(obj_name, _UNKNOWN)
+        if seen is _UNKNOWN:
+            found = self.conditions.read(path)
+            seen = found[1] if found else None
+        return seen  # type: ignore[return-value]
+
+    def _changed(self, obj_name: str) -> LeaseLostException:
+        self._etags.pop(obj_name, None)
+        return LeaseLostException(
+            f"stored object {self.build_url(obj_name)} changed since this engine last read or wrote it: another "
+            "process took over the task and wrote it. The write was refused and nothing was changed; stop here "
+            "and let the task resume from what is stored"
+        )
+
+    def remove(self, obj_name: str, *, fence: Fence | None = None) -> bool:
+        path = self._path(obj_name)
+        try:
+            if fence is None:
+                self.fs.invalidate_cache(path)
+                if not self.fs.isfile(path):
+                    return False
+                self.fs.rm_file(path)
+                self._etags[obj_name] = None
+                return True
+            self.check_fence(fence)
+            seen = self._seen(obj_name, path)
+            if seen is None:
+                return False
+            self.conditions.delete(path, seen)
+            self._etags[obj_name] = None
+            return True
+        except ConditionFailed as exc:
+            raise self._changed(obj_name) from exc
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise self._errors(f"removing {self.build_url(obj_name)}", exc) from exc
+        finally:
+            self.fs.invalidate_cache(path)
+
+    def lease_read(self, lock_name: str) -> str | None:
+        found = self.conditions.read(self._path(lock_name))
+        return None if found is None else found[0].decode("utf-8", "replace")
+
+    def lease_create(self, lock_name: str, data: str) -> bool:
+        try:
+            self.conditions.create(self._path(lock_name), data.encode("utf-8"))
+        except ConditionFailed:
+            return False
+        return True
+
+    def lease_swap(self, lock_name: str, expected: str, new: str | None) -> bool:
+        path = self._path(lock_name)
+        found = self.conditions.read(path)
+        if found is None or found[0] != expected.encode("utf-8"):
+            return False
+        try:
+            if new is None:
+                self.conditions.delete(path, found[1])
+            else:
+                self.conditions.replace(path, new.encode("utf-8"), found[1])
+        except ConditionFailed:
+            return False
+        return True
+
+    def check_fence(self, fence: Fence) -> None:
+        validate_obj_name(fence.lock_name)
+        super().check_fence(fence)
