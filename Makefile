@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q
 QUIET := sed -u '/is ignored: it is neither a file nor a directory/d'
 
-.PHONY: demo engine-demo test lint typecheck unit clean
+.PHONY: demo engine-demo test lint typecheck unit bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version'
@@ -41,6 +41,11 @@ unit: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
+
+# Benchmarks (not part of `make test`; a smoke run of each script is). PostgreSQL joins when reachable.
+bench: $(VENV)/.installed-test
+	CHECKMATE_BENCH_POSTGRES_URL="$${CHECKMATE_BENCH_POSTGRES_URL-$${CHECKMATE_TEST_POSTGRES_URL-}}" \
+		$(BIN)/python -m bench.backends
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,139 @@
+"""Per-stage overhead of each storage backend, side by side in one run: ``python -m bench.backends``.
+
+A task of N no-op stages is bound, executed and unbound on every backend in turn (interleaved rounds,
+medians reported), so each figure is measured under the same machine load as the others:
+
+- file: local files, durable (fsync of every checkpoint), as users run it;
+- sqlite: the database backend on a SQLite file (WAL, synchronous=FULL);
+- postgresql: the database backend on CHECKMATE_BENCH_POSTGRES_URL (skipped when unset);
+- s3: object storage on a local S3 API server (moto, started here on loopback); network and server
+  cost included, so it is an upper bound on the engine's share and a lower bound on real S3's latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from airflow_checkmate.checkmate import BaseStage, BaseStageState, CheckMateEngine, TaskIO
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Noop(BaseStage[BaseStageState[Any]]):
+    """A stage that does nothing: what is left is the engine's and the storage's cost."""
+
+    def execute_stage(self, previous_state_copy: BaseStageState[Any]) -> None:
+        pass
+
+
+def run_task(io: TaskIO, stages: int) -> float:
+    """Seconds to bind, execute and unbind a fresh task of ``stages`` no-op stages."""
+    templates = [Noop(stage_name=f"s{i}", state=BaseStageState()) for i in range(stages)]
+    engine: CheckMateEngine[Any, Any] = CheckMateEngine(io, f"bench-{uuid.uuid4().hex[:12]}", templates)
+    begin = time.perf_counter()
+    with engine:
+        engine.execute()
+    elapsed = time.perf_counter() - begin
+    engine.bind()  # leave nothing behind in a shared database or bucket (not timed)
+    engine.unbind(clean=True)
+    return elapsed
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[tuple[str, str]]:
+    """A moto S3 server on a free loopback port; yields (s3 URL of a fresh bucket, Airflow conn id)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.helpers.s3_server", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).close()
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                time.sleep(0.1)
+        conn = {"conn_type": "aws", "login": "bench", "password": "bench"}
+        conn["extra"] = {"endpoint_url": endpoint, "region_name": "us-east-1"}  # type: ignore[assignment]
+        os.environ["AIRFLOW_CONN_CHECKMATE_BENCH_S3"] = json.dumps(conn)
+        os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+        import boto3
+
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="bench")
+        yield "s3://bench/state", "checkmate_bench_s3"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", type=int, default=100, help="stages per task")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is reported)")
+    parser.add_argument("--no-s3", action="store_true", help="skip the S3 backend")
+    args = parser.parse_args(argv)
+    logging.getLogger("airflow_checkmate").setLevel(logging.WARNING)  # the engine logs every stage at INFO
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        backends: dict[str, Callable[[], TaskIO]] = {
+            "file (durable)": lambda: TaskIO.from_base_url(f"{tmp}/files"),
+            "sqlite": lambda: TaskIO.from_base_url(f"sqlite:///{tmp}/bench.db"),
+        }
+        postgres = os.environ.get("CHECKMATE_BENCH_POSTGRES_URL")
+        if postgres:
+            backends["postgresql"] = lambda: TaskIO.from_base_url(postgres)
+        if not args.no_s3:
+            url, conn_id = stack.enter_context(s3_server())
+            backends["s3 (local moto)"] = lambda: TaskIO.from_base_url(url, conn_id=conn_id)
+        with contextlib.redirect_stdout(sys.stderr):  # Airflow's connection log lines: keep stdout for the table
+            ios = {name: make() for name, make in backends.items()}
+            for io in ios.values():
+                run_task(io, 3)  # warm up: connections, schema, imports
+        samples: dict[str, list[float]] = {name: [] for name in ios}
+        for _ in range(args.rounds):
+            for name, io in ios.items():
+                samples[name].append(run_task(io, args.stages) / args.stages)
+    base = statistics.median(samples["file (durable)"])
+    print(f"Per-stage overhead, {args.stages} no-op stages per task, median of {args.rounds} interleaved rounds")
+    print(f"{'backend':<18} {'µs/stage':>10} {'vs file':>8}")
+    for name, values in samples.items():
+        median = statistics.median(values)
+        print(f"{name:<18} {median * 1e6:>10.0f} {median / base:>7.2f}x")
+    if not postgres:
+        print("(postgresql skipped: set CHECKMATE_BENCH_POSTGRES_URL to include it)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
