@@ -34,6 +34,8 @@ def make_service(args: argparse.Namespace) -> CheckMateService:
             database_url or resolved.database_url,
             resolved.options,
         )
+    if args.storage_conn_id:
+        options = {**options, "conn_id": args.storage_conn_id}
     return CheckMateService(
         TaskRegistry(database_url), TaskIO.from_base_url(base_url, **options), allowed_patterns() + args.allow_factory
     )

@@ -66,6 +66,11 @@ def _configuration(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--base-url", default=default(None), help="stage state storage URL (overrides the connection)")
     parser.add_argument("--database-url", default=default(None), help="registry database URL (overrides it too)")
     parser.add_argument(
+        "--storage-conn-id",
+        default=default(None),
+        help="with an s3:// --base-url: the connection with its keys",
+    )
+    parser.add_argument(
         "--allow-factory",
         action="append",
         default=default([]),
