@@ -22,10 +22,17 @@ from typing import Any
 
 import pytest
 
-from airflow_checkmate.checkmate import StageStatus, TaskEngineException, TaskIO, TaskRegistry, read_snapshot
+from airflow_checkmate.checkmate import (
+    CheckMate,
+    StageStatus,
+    TaskEngineException,
+    TaskIO,
+    TaskRegistry,
+    read_snapshot,
+)
 from airflow_checkmate.checkmate.lease import HOST
-from tests.conftest import ROOT, child_env
-from tests.helpers.managed_tasks import events, make
+from tests.conftest import ROOT, S3_CONN_ID, child_env
+from tests.helpers.managed_tasks import events, make, make_stages
 
 S = StageStatus
 CLI = [sys.executable, "-m", "airflow_checkmate.cli"]
@@ -475,3 +482,26 @@ def test_cancel_a_task_running_in_another_process(postgres_url: str, tmp_path: P
     assert listed.returncode == 0, explain(listed)
     (record,) = json.loads(listed.stdout)
     assert (record["task_id"], record["status"], record["lock_holder"]) == (task_id, "CANCELED", None)
+
+
+@pytest.mark.slow
+def test_show_and_clean_a_task_stored_on_s3(s3_url: str, tmp_path: Path) -> None:
+    """--base-url s3://... with --storage-conn-id: the CLI reads and cleans state on the S3 server."""
+    io = TaskIO.from_base_url(s3_url, conn_id=S3_CONN_ID)
+    db = f"sqlite:///{tmp_path / 'registry.db'}"
+    task: CheckMate[Any, Any] = CheckMate(None, make_stages(), task_id="on-s3", io=io, registry=db)
+    with task:
+        task.execute()
+    env = clean_env(tmp_path / "home", AIRFLOW_CONN_CHECKMATE_TEST_S3=os.environ["AIRFLOW_CONN_CHECKMATE_TEST_S3"])
+    flags = ["--base-url", s3_url, "--storage-conn-id", S3_CONN_ID, "--database-url", db]
+    (show,) = run_all([([*flags, "show", "on-s3"], env)])
+    assert show.returncode == 0, explain(show)
+    assert "COMPLETE (stored)" in show.stdout and s3_url in show.stdout, explain(show)
+    assert [line.split()[1] for line in show.stdout.splitlines() if line.startswith(("1/3", "2/3", "3/3"))] == [
+        "a",
+        "b",
+        "c",
+    ]
+    (clean,) = run_all([([*flags, "clean", "on-s3", "--no-dry-run"], env)])
+    assert clean.returncode == 0 and "row marked cleaned" in clean.stdout, explain(clean)
+    assert io.list("on-s3/") == []
