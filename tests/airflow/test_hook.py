@@ -209,7 +209,7 @@ def test_password_in_url_base_url_is_masked(monkeypatch: pytest.MonkeyPatch, tmp
 
 def test_password_masked_even_when_the_url_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     password = f"pw-{uuid.uuid4().hex}"
-    set_conn(monkeypatch, "cm_s3", {"base_url": f"s3://AKIAEXAMPLE:{password}@bucket/prefix"})
-    with pytest.raises(AirflowException, match=r"'cm_s3'.*'s3'") as info:
-        CheckMateHook("cm_s3").get_conn()
+    set_conn(monkeypatch, "cm_dav", {"base_url": f"webdav://user:{password}@files.example/prefix"})
+    with pytest.raises(AirflowException, match=r"'cm_dav'.*'webdav'") as info:
+        CheckMateHook("cm_dav").get_conn()
     assert password not in redact(str(info.value)), "the error text must be masked when it is logged"
