@@ -379,7 +379,7 @@ def test_any_object_name_is_refused_or_stays_inside_the_base(store: Store, obj: 
 
 
 @pytest.mark.parametrize(
-    "url", ["s3://bucket/prefix", "gs://bucket", "http://example.com/x", "ftp://host/x", "weird+file://x"]
+    "url", ["hdfs://namenode/prefix", "webdav://bucket", "http://example.com/x", "ftp://host/x", "weird+file://x"]
 )
 def test_unknown_url_scheme_is_refused(store: Store, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(store.root)
