@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -122,12 +123,13 @@ def s3_endpoint() -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    log = tempfile.TemporaryFile()  # noqa: SIM115  (open for the session; a pipe nobody reads would fill and block)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.helpers.s3_server", str(port)],
         cwd=ROOT,
         env=child_env(),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -140,7 +142,8 @@ def s3_endpoint() -> Iterator[str]:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f"the moto S3 server did not start: {proc.communicate()[1][-2000:]!r}") from None
+                log.seek(0)
+                raise RuntimeError(f"the moto S3 server did not start: {log.read()[-2000:]!r}") from None
             time.sleep(0.1)
     conn = {
         "conn_type": "aws",
@@ -156,6 +159,7 @@ def s3_endpoint() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+        log.close()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -14,6 +14,9 @@ resume the test reads the storage directly and proves:
   dead pid in the task record;
 - the final, unkilled run completes with ``expected_result(n)``.
 
+The campaign runs on file storage (at least 150 kills) and on S3 (the session's moto server, 20 kills),
+where the test reads the bucket with its own boto3 client.
+
 The children are forked from a multiprocessing "forkserver" that has the engine pre-imported, so a
 run starts in milliseconds; the kill delays are scaled to this machine's measured start/bind time and
 per-stage write time, so the kills land while binding, mid-stage, mid-write and between stages. The
@@ -23,6 +26,7 @@ test prints a summary (kills, resumes, re-runs of interrupted stages, where the 
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import json
 import multiprocessing
@@ -32,12 +36,14 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from airflow_checkmate.checkmate import StageStatus, TaskEngineState
+from tests.conftest import S3_CONN_ID
 from tests.helpers import run_task
 from tests.helpers.stages import CounterState, expected_result, read_journal
 
@@ -46,14 +52,19 @@ MIN_KILLS = 150  # the brief asks for at least 100
 KILLS_PER_TASK = 16
 MAX_TASKS = 100
 SLEEPS = (0.0, 0.004, 0.012, 0.025)  # seconds per stage; 0 makes every run all engine work and writes
+S3_SLEEPS = (0.0, 0.04, 0.12, 0.25)  # S3 writes take ~10x longer than durable file writes: so do the stages
 EXIT_LOCKED = 5
 
 pytestmark = pytest.mark.slow
 
 
-def _child_main(argv: list[str], out_path: str) -> None:
+def _child_main(argv: list[str], out_path: str, env: dict[str, str]) -> None:
     """Runs in the forked child: the task runner, its stdout in ``out_path`` (stderr next to it), its code as
-    the exit code."""
+    the exit code. ``env`` is added to the environment the forkserver started with."""
+    # The inherited objects (Airflow's imports) are never garbage: without this, the first full collection
+    # walks them all and copies the forkserver's heap page by page (~100 ms a run).
+    gc.freeze()
+    os.environ.update(env)
     for target, path in ((1, out_path), (2, out_path + ".err")):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(fd, target)
@@ -61,6 +72,50 @@ def _child_main(argv: list[str], out_path: str) -> None:
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.exit(run_task.main(argv))
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where the campaign's tasks live: the runner's storage arguments and a direct view of the stored objects."""
+
+    args: list[str]  # BASE [--conn-id ID] for tests.helpers.run_task
+    objects: Callable[[str], dict[str, bytes]]  # task id -> {object name in the task: bytes}, temp files excluded
+    temp_files: Callable[[str], int]  # task id -> temporary files a writer killed mid-write left behind
+    env: dict[str, str] = field(default_factory=dict)  # what the children need in their environment
+
+
+def file_store(base: Path) -> Store:
+    """Durable file storage in ``base``, read from the folders."""
+
+    def objects(task_id: str) -> dict[str, bytes]:
+        task_dir = base / task_id
+        names = sorted(os.listdir(task_dir)) if task_dir.exists() else []
+        return {n: (task_dir / n).read_bytes() for n in names if not n.startswith(".")}
+
+    return Store([str(base)], objects, lambda task_id: _temp_files(base / task_id))
+
+
+def s3_store(url: str, endpoint: str) -> Store:
+    """The test's bucket on the S3 server, read with a boto3 client of its own (no temp objects on S3)."""
+    import boto3
+
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+    def objects(task_id: str) -> dict[str, bytes]:
+        found = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{task_id}/").get("Contents", [])
+        return {
+            o["Key"].rpartition("/")[2]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in found
+        }
+
+    env = {k: os.environ[k] for k in ("AIRFLOW_CONN_CHECKMATE_TEST_S3", "AWS_EC2_METADATA_DISABLED")}
+    return Store([url, "--conn-id", S3_CONN_ID], objects, lambda task_id: 0, env)
 
 
 @dataclass
@@ -102,38 +157,38 @@ def _takeover_pids(task: TaskEngineState | None) -> list[int]:
     return pids
 
 
-def parse(model, path: Path):
-    """``path`` parsed as ``model``; a stored object that does not parse fails the test naming it."""
-    raw = path.read_bytes()
+def parse(model, name: str, raw: bytes):
+    """``raw`` parsed as ``model``; a stored object that does not parse fails the test naming it."""
     try:
         return model.model_validate_json(raw)
     except ValueError as exc:
-        raise AssertionError(f"stored object {path.name} does not parse as {model.__name__}: {raw[:200]!r}") from exc
+        raise AssertionError(f"stored object {name} does not parse as {model.__name__}: {raw[:200]!r}") from exc
 
 
-def inspect_storage(task_dir: Path, task_id: str) -> tuple[TaskEngineState | None, dict[str, CounterState], dict]:
+def inspect_storage(
+    stored: dict[str, bytes], task_id: str
+) -> tuple[TaskEngineState | None, dict[str, CounterState], dict]:
     """Parse every stored object of the task and check that they form a valid checkpoint."""
-    names = sorted(os.listdir(task_dir)) if task_dir.exists() else []
-    visible = [n for n in names if not n.startswith(".")]
+    visible = sorted(stored)
     stage_names = _stage_names()
     allowed = {"task.json", "task.lock"} | {f"{s}.stage.json" for s in stage_names}
     assert set(visible) <= allowed, f"unexpected stored objects: {sorted(set(visible) - allowed)}"
     task = None
     if "task.json" in visible:
-        task = parse(TaskEngineState, task_dir / "task.json")
+        task = parse(TaskEngineState, "task.json", stored["task.json"])
         assert task.task_id == task_id
         assert task.stage_names == stage_names
         assert not task.cleaning
     stages: dict[str, CounterState] = {}
     for name in stage_names:
-        path = task_dir / f"{name}.stage.json"
-        if path.exists():
-            state = parse(CounterState, path)
-            assert state.stage_name == name, f"{path} holds stage {state.stage_name!r}"
+        obj = f"{name}.stage.json"
+        if obj in stored:
+            state = parse(CounterState, obj, stored[obj])
+            assert state.stage_name == name, f"{obj} holds stage {state.stage_name!r}"
             stages[name] = state
     lease: dict = {}
     if "task.lock" in visible:
-        raw = (task_dir / "task.lock").read_text()
+        raw = stored["task.lock"].decode()
         try:
             lease = json.loads(raw)
         except ValueError as exc:
@@ -174,28 +229,44 @@ def _kill_kind(journal: list[list[str]], stages: dict[str, CounterState], jlen_b
     return "between stages"
 
 
-def run_campaign(ctx, base: Path, seed: int, stats: TaskLog, tmp: Path, startup: float, per_stage: float) -> list[str]:
+def _final_words(output: str) -> list[str]:
+    """The runner's final line (status and result), among log lines that Airflow's logging may print too."""
+    words = {s.value for s in StageStatus} | {"LOCKED"}
+    lines = [line for line in output.splitlines() if line.split(" ", 1)[0] in words]
+    return lines[-1].split() if lines else output.split()
+
+
+def run_campaign(
+    ctx,
+    store: Store,
+    seed: int,
+    stats: TaskLog,
+    tmp: Path,
+    startup: float,
+    per_stage: float,
+    kills_per_task: int = KILLS_PER_TASK,
+    sleeps: tuple[float, ...] = SLEEPS,
+) -> list[str]:
     """Kill and resume one task until it completes; returns the final run's output.
 
     ``startup`` (to start and bind) and ``per_stage`` (engine work of a stage) spread the kills over the work.
     """
     rng = random.Random(seed)
     task_id = f"kill-{seed}"
-    sleep = SLEEPS[seed % len(SLEEPS)]
+    sleep = sleeps[seed % len(sleeps)]
     journal_path = tmp / f"{task_id}.journal"
-    task_dir = base / task_id
-    argv = [str(base), task_id, str(N_STAGES), "--journal", str(journal_path), "--sleep", str(sleep)]
+    argv = [*store.args, task_id, str(N_STAGES), "--journal", str(journal_path), "--sleep", str(sleep)]
     observations: list[Observation] = []
     killed_pids: list[int] = []
     kills_here = 0
     while True:
         out_path = tmp / f"{task_id}.run{stats.runs}.out"
         jlen_before = len(read_journal(journal_path))
-        tmp_before = _temp_files(task_dir)
-        proc = ctx.Process(target=_child_main, args=(argv, str(out_path)))
+        tmp_before = store.temp_files(task_id)
+        proc = ctx.Process(target=_child_main, args=(argv, str(out_path), store.env))
         proc.start()
         stats.runs += 1
-        if kills_here < KILLS_PER_TASK:
+        if kills_here < kills_per_task:
             # A quarter of the kills land while the child starts and binds (lease takeover, task record);
             # the others somewhere in the remaining stages, each its sleep plus its durable writes
             # (mid-stage, mid-write, between stages).
@@ -220,10 +291,10 @@ def run_campaign(ctx, base: Path, seed: int, stats: TaskLog, tmp: Path, startup:
         stats.kills += 1
         killed_pids.append(proc.pid)
         journal = read_journal(journal_path)
-        task, stages, lease = inspect_storage(task_dir, task_id)
+        task, stages, lease = inspect_storage(store.objects(task_id), task_id)
         kind = _kill_kind(journal, stages, jlen_before)
         stats.kinds[kind] = stats.kinds.get(kind, 0) + 1
-        stats.tmp_leftovers += _temp_files(task_dir) - tmp_before
+        stats.tmp_leftovers += store.temp_files(task_id) - tmp_before
         lease_pid = lease.get("pid")
         if lease_pid is not None:
             assert lease_pid in killed_pids, f"the lease names pid {lease_pid}, not a killed run"
@@ -236,7 +307,7 @@ def run_campaign(ctx, base: Path, seed: int, stats: TaskLog, tmp: Path, startup:
             )
         )
 
-    task, stages, lease = inspect_storage(task_dir, task_id)
+    task, stages, lease = inspect_storage(store.objects(task_id), task_id)
     journal = read_journal(journal_path)
     assert task is not None
     assert not lease, f"the final run left its lease behind: {lease}"
@@ -272,60 +343,81 @@ def run_campaign(ctx, base: Path, seed: int, stats: TaskLog, tmp: Path, startup:
     starts = [w[1] for w in journal if w[0] == "start"]
     assert sorted(set(starts)) == sorted(_stage_names())
     assert starts == sorted(starts, key=lambda n: int(n[1:])), f"{task_id}: stages ran out of order: {starts}"
-    return output.split()
+    return _final_words(output)
 
 
 @pytest.fixture(scope="module")
 def forkserver():
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["tests.helpers.run_task", __name__])
+    # The S3 backend's imports (Airflow's ObjectStoragePath, s3fs) too: they take a second a process.
+    s3_modules = ["airflow.sdk", "s3fs", "airflow_checkmate.checkmate.io.objectstorage"]
+    ctx.set_forkserver_preload(["tests.helpers.run_task", __name__, *s3_modules])
     return ctx
 
 
-def _timed_run(ctx, tmp: Path, task_id: str, stages: int) -> float:
-    argv = [str(tmp / "warmup"), task_id, str(stages), "--journal", str(tmp / "warmup.journal")]
+def _timed_run(ctx, tmp: Path, store: Store, task_id: str, stages: int) -> float:
+    argv = [*store.args, task_id, str(stages), "--journal", str(tmp / "warmup.journal")]
     began = time.monotonic()
-    proc = ctx.Process(target=_child_main, args=(argv, str(tmp / "warmup.out")))
+    proc = ctx.Process(target=_child_main, args=(argv, str(tmp / "warmup.out"), store.env))
     proc.start()
     proc.join(60)
     assert proc.exitcode == 0, (tmp / "warmup.out").read_text()
     return time.monotonic() - began
 
 
-def measure(ctx, tmp: Path) -> tuple[float, float]:
+def measure(ctx, tmp: Path, store: Store) -> tuple[float, float]:
     """Seconds a child takes to start, bind and unbind, and seconds of engine work (durable writes) per
     stage, on this machine, through the warmed-up forkserver."""
-    _timed_run(ctx, tmp, "boot", 1)  # the first start also boots the forkserver
-    one = min(_timed_run(ctx, tmp, f"one-{i}", 1) for i in range(3))
-    full = min(_timed_run(ctx, tmp, f"full-{i}", N_STAGES) for i in range(3))
+    _timed_run(ctx, tmp, store, "boot", 1)  # the first start also boots the forkserver
+    one = min(_timed_run(ctx, tmp, store, f"one-{i}", 1) for i in range(3))
+    full = min(_timed_run(ctx, tmp, store, f"full-{i}", N_STAGES) for i in range(3))
     return one, max(0.001, (full - one) / (N_STAGES - 1))
 
 
-def test_sigkill_campaign(forkserver, tmp_path: Path) -> None:
-    base = tmp_path / "store"
-    base.mkdir()
-    startup, per_stage = measure(forkserver, tmp_path)
+@pytest.mark.parametrize(
+    ("backend", "min_kills", "kills_per_task", "sleeps"),
+    [("file", MIN_KILLS, KILLS_PER_TASK, SLEEPS), ("s3", 20, 5, S3_SLEEPS)],
+    ids=["file", "s3"],
+)
+def test_sigkill_campaign(
+    forkserver,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    backend: str,
+    min_kills: int,
+    kills_per_task: int,
+    sleeps: tuple[float, ...],
+) -> None:
+    store: Store
+    if backend == "s3":
+        store = s3_store(request.getfixturevalue("s3_url"), request.getfixturevalue("s3_endpoint"))
+    else:
+        base = tmp_path / "store"
+        base.mkdir()
+        store = file_store(base)
+    startup, per_stage = measure(forkserver, tmp_path, store)
     stats = TaskLog()
     reruns = 0
     tasks = 0
     for seed in range(MAX_TASKS):
-        if stats.kills >= MIN_KILLS:
+        if stats.kills >= min_kills:
             break
         tasks += 1
-        words = run_campaign(forkserver, base, seed, stats, tmp_path, startup, per_stage)
+        words = run_campaign(forkserver, store, seed, stats, tmp_path, startup, per_stage, kills_per_task, sleeps)
         assert words[0] == "COMPLETE", words
         assert json.loads(" ".join(words[1:])) == expected_result(N_STAGES)
         starts = [w for w in read_journal(tmp_path / f"kill-{seed}.journal") if w[0] == "start"]
         reruns += len(starts) - N_STAGES
     kinds = ", ".join(f"{k}: {v}" for k, v in sorted(stats.kinds.items()))
     print(
-        f"\nkill campaign ({startup * 1000:.0f} ms to start and bind, {per_stage * 1000:.1f} ms of writes a stage): "
+        f"\n{backend} kill campaign ({startup * 1000:.0f} ms to start and bind, "
+        f"{per_stage * 1000:.1f} ms of writes a stage): "
         f"{tasks} tasks, {stats.kills} kills, "
         f"{stats.runs - tasks} resumes, "
         f"{reruns} re-runs of interrupted stages, {stats.tmp_leftovers} temp files left by kills mid-write\n"
         f"kills landed: {kinds}"
     )
-    assert stats.kills >= MIN_KILLS, f"only {stats.kills} kills in {tasks} tasks"
+    assert stats.kills >= min_kills, f"only {stats.kills} kills in {tasks} tasks"
     # The campaign really interrupted stages (or it proves little about resuming them).
     assert reruns > 0
     assert stats.kinds.get("mid-stage", 0) > 0

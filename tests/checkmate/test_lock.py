@@ -40,9 +40,10 @@ from airflow_checkmate.checkmate import (
     RetryPolicy,
     StageStatus,
     TaskEngineState,
+    TaskIO,
     TaskIOFile,
 )
-from tests.conftest import ROOT, child_env, start_task_process
+from tests.conftest import ROOT, S3_CONN_ID, child_env, start_task_process
 from tests.helpers.stages import expected_result, journal, make_stages, read_journal
 
 RACE_WORKERS = 3
@@ -121,7 +122,7 @@ def reaped(*procs: subprocess.Popen[str]) -> Iterator[None]:
             proc.communicate(timeout=30)
 
 
-def engine_for(io: TaskIOFile, n: int, journal_path: Path | str = "", timeout: float | None = None):
+def engine_for(io: TaskIO, n: int, journal_path: Path | str = "", timeout: float | None = None):
     """An engine for task ``t`` of ``n`` journal stages, allowed to run an interrupted stage again."""
     stages = make_stages(n, str(journal_path))
     return CheckMateEngine(io, "t", stages, RetryPolicy.RETRY, max_attempts=5, bind_lock_timeout=timeout)
@@ -130,9 +131,11 @@ def engine_for(io: TaskIOFile, n: int, journal_path: Path | str = "", timeout: f
 # --------------------------------------------------------------------------- race
 
 
-def race_worker(base: str, name: str, rounds: int, marker: str, log: str, go: str, seed: int) -> int:
+def race_worker(
+    base: str, name: str, rounds: int, marker: str, log: str, go: str, seed: int, conn_id: str | None = None
+) -> int:
     """Bind the task ``rounds`` times; while bound, own ``marker`` exclusively. Logs to ``log``."""
-    io = TaskIOFile(base, durable=False)
+    io = TaskIO.from_base_url(base, durable=False, **({"conn_id": conn_id} if conn_id else {}))
     rng = random.Random(seed)
     journal(log, f"ready {name}")
     wait_for(lambda: os.path.exists(go), 60, "the go signal")
@@ -159,12 +162,19 @@ def race_worker(base: str, name: str, rounds: int, marker: str, log: str, go: st
 
 
 @pytest.mark.slow
-def test_processes_binding_the_same_task_never_hold_it_together(base: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("store", "rounds"), [("file", RACE_ROUNDS), ("s3", 10)])
+def test_processes_binding_the_same_task_never_hold_it_together(
+    request: pytest.FixtureRequest, tmp_path: Path, store: str, rounds: int
+) -> None:
     marker, log, go = tmp_path / "marker", tmp_path / "race.log", tmp_path / "go"
-    worker = [sys.executable, "-m", "tests.checkmate.test_lock", "race", str(base)]
+    if store == "s3":
+        base, conn = str(request.getfixturevalue("s3_url")), [S3_CONN_ID]
+    else:
+        base, conn = str(request.getfixturevalue("base")), []
+    worker = [sys.executable, "-m", "tests.checkmate.test_lock", "race", base]
     procs = [
         subprocess.Popen(
-            [*worker, f"w{i}", str(RACE_ROUNDS), str(marker), str(log), str(go), str(i)],
+            [*worker, f"w{i}", str(rounds), str(marker), str(log), str(go), str(i), *conn],
             cwd=ROOT,
             env=child_env(),
             stdout=subprocess.PIPE,
@@ -190,13 +200,14 @@ def test_processes_binding_the_same_task_never_hold_it_together(base: Path, tmp_
         assert acquire[1:3] == release[1:3], f"{acquire} overlapped by another holder: {events}"
     holders = [w[1] for w in events[::2]]
     for i in range(RACE_WORKERS):
-        assert holders.count(f"w{i}") == RACE_ROUNDS, f"w{i} did not get the lock every round"
+        assert holders.count(f"w{i}") == rounds, f"w{i} did not get the lock every round"
     switches = sum(a != b for a, b in itertools.pairwise(holders))
     waits = sum(float(w[3]) > 0.03 for w in events[::2])
     print(f"\nlock race: {len(holders)} binds, {switches} holder switches, {waits} binds waited for the lock")
     assert switches >= RACE_WORKERS, "the workers did not contend: one ran all its rounds, then the other"
     assert waits > 0, "no bind ever had to wait, so nothing was raced"
-    assert not (base / "t" / "task.lock").exists(), "the last holder left its lease behind"
+    store_io = TaskIO.from_base_url(base, **({"conn_id": conn[0]} if conn else {}))
+    assert store_io.lease_read("t/task.lock") is None, "the last holder left its lease behind"
     assert not marker.exists()
 
 
@@ -399,6 +410,8 @@ def test_engine_whose_lease_was_taken_over_runs_no_cancel_cleanup(base: Path, tm
 
 if __name__ == "__main__":
     if sys.argv[1] == "race":
-        _, _, base_arg, name_arg, rounds_arg, marker_arg, log_arg, go_arg, seed_arg = sys.argv
-        sys.exit(race_worker(base_arg, name_arg, int(rounds_arg), marker_arg, log_arg, go_arg, int(seed_arg)))
+        _, _, base_arg, name_arg, rounds_arg, marker_arg, log_arg, go_arg, seed_arg, *conn_arg = sys.argv
+        sys.exit(
+            race_worker(base_arg, name_arg, int(rounds_arg), marker_arg, log_arg, go_arg, int(seed_arg), *conn_arg)
+        )
     sys.exit(f"unknown command {sys.argv[1:]}")

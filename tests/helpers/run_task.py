@@ -31,9 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease", type=float, default=30.0)
     parser.add_argument("--lock-timeout", type=float, default=None)
     parser.add_argument("--no-durable", action="store_true")
+    parser.add_argument("--conn-id", default=None, help="Airflow connection of the store (s3://...)")
     args = parser.parse_args(argv)
 
-    io = TaskIO.from_base_url(args.base, lease_seconds=args.lease, durable=not args.no_durable)
+    options: dict[str, object] = {"conn_id": args.conn_id} if args.conn_id else {}
+    io = TaskIO.from_base_url(args.base, lease_seconds=args.lease, durable=not args.no_durable, **options)
     stages = make_stages(args.stages, args.journal, args.sleep, json.loads(args.fail_first))
     policy = RetryPolicy.RETRY if args.max_attempts > 1 else RetryPolicy.NONE
     engine: CheckMateEngine = CheckMateEngine(  # type: ignore[type-arg]

@@ -11,6 +11,13 @@ from fsspec.asyn import sync
 
 from airflow_checkmate.checkmate.exceptions import TaskIOException
 
+try:  # botocore's own errors (no endpoint, no credentials) are not OSErrors
+    from botocore.exceptions import BotoCoreError
+
+    STORE_ERRORS: tuple[type[Exception], ...] = (OSError, BotoCoreError)
+except ImportError:  # pragma: no cover - without the s3 extra there is no botocore
+    STORE_ERRORS = (OSError,)
+
 #: Schemes whose fsspec filesystem is s3fs.
 S3_SCHEMES = frozenset({"s3", "s3a", "s3n"})
 SINGLE_PUT = 5 * 2**30  # S3's limit for one PUT; below it s3fs never splits a write into parts

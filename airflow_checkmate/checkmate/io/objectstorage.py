@@ -13,6 +13,8 @@ of it then fails its condition (LeaseLostException) instead of silently overwrit
 ever lost without an error: two holders never both succeed in writing over the same version.
 """
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from airflow_checkmate.checkmate.exceptions import (
@@ -21,7 +23,7 @@ from airflow_checkmate.checkmate.exceptions import (
     TaskIOException,
 )
 from airflow_checkmate.checkmate.io.base import DEFAULT_LEASE_SECONDS, Fence, TaskIO
-from airflow_checkmate.checkmate.io.conditions import SINGLE_PUT, ConditionFailed, conditional_writes
+from airflow_checkmate.checkmate.io.conditions import SINGLE_PUT, STORE_ERRORS, ConditionFailed, conditional_writes
 from airflow_checkmate.checkmate.names import validate_obj_name
 
 _UNKNOWN = object()
@@ -45,6 +47,16 @@ class TaskIOObjectStorage(TaskIO):
         try:
             from airflow.sdk import ObjectStoragePath
 
+            if conn_id:  # an unknown id would silently mean "no credentials" (and real AWS)
+                from airflow.sdk import BaseHook
+                from airflow.sdk.exceptions import AirflowNotFoundException
+
+                try:
+                    BaseHook.get_connection(conn_id)
+                except AirflowNotFoundException:
+                    raise TaskIOException(
+                        f"the connection {conn_id!r} for {self.base_url} is not defined; create it (e.g. type aws)"
+                    ) from None
             self.root = ObjectStoragePath(self.base_url, conn_id=conn_id)
             self.fs = self.root.fs
         except (ImportError, ValueError, AttributeError) as exc:
@@ -76,10 +88,8 @@ class TaskIOObjectStorage(TaskIO):
                 found = (self.fs.cat_file(path), None)
         except FileNotFoundError:
             found = None
-        except OSError as exc:
-            raise PersistenceDataNotFoundException(
-                f"cannot read stored object {self.build_url(obj_name)}: {exc}"
-            ) from exc
+        except STORE_ERRORS as exc:  # the store failed, not the object: TaskIOException, as for writes
+            raise self._errors(f"reading {self.build_url(obj_name)}", exc) from exc
         if found is None:
             self._etags[obj_name] = None
             raise PersistenceDataNotFoundException(f"stored object {self.build_url(obj_name)} does not exist")
@@ -92,8 +102,10 @@ class TaskIOObjectStorage(TaskIO):
         path = self._path(obj_name)
         self.fs.invalidate_cache(path)
         try:
-            return bool(self.fs.isfile(path))
-        except OSError as exc:
+            return bool(self.fs.info(path).get("type", "file") == "file")
+        except FileNotFoundError:
+            return False
+        except STORE_ERRORS as exc:
             raise self._errors(f"looking up {self.build_url(obj_name)}", exc) from exc
 
     def list(self, prefix: str) -> list[str]:
@@ -108,7 +120,7 @@ class TaskIOObjectStorage(TaskIO):
             found = self.fs.find(start, detail=True) if self.fs.exists(start) else {}
         except FileNotFoundError:
             found = {}
-        except OSError as exc:
+        except STORE_ERRORS as exc:
             raise self._errors(f"listing {self.base_url}/{prefix}", exc) from exc
         names = []
         base = root.lstrip("/") + "/"
@@ -137,7 +149,7 @@ class TaskIOObjectStorage(TaskIO):
             self._etags[obj_name] = etag
         except ConditionFailed as exc:
             raise self._changed(obj_name) from exc
-        except OSError as exc:
+        except STORE_ERRORS as exc:
             raise self._errors(f"writing {self.build_url(obj_name)} (its previous version is unchanged)", exc) from exc
         finally:
             self.fs.invalidate_cache(path)
@@ -145,8 +157,10 @@ class TaskIOObjectStorage(TaskIO):
     def _put(self, path: str, payload: bytes) -> None:
         try:
             self.fs.pipe_file(path, payload, chunksize=SINGLE_PUT)
-        except FileNotFoundError:  # a store with real folders (file://): make the task's folder
-            self.fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+        except FileNotFoundError:
+            if self.root.protocol not in ("file", "local"):
+                raise  # a missing bucket: never create one by mistake
+            self.fs.makedirs(path.rpartition("/")[0], exist_ok=True)  # real folders: make the task's
             self.fs.pipe_file(path, payload, chunksize=SINGLE_PUT)
 
     def _seen(self, obj_name: str, path: str) -> str | None:
@@ -177,8 +191,11 @@ class TaskIOObjectStorage(TaskIO):
                 return True
             self.check_fence(fence)
             seen = self._seen(obj_name, path)
-            if seen is None:
-                return False
+            if seen is None:  # seen absent; it may have been written since (a cancel request)
+                found = self.conditions.read(path)
+                if found is None:
+                    return False
+                seen = found[1]
             self.conditions.delete(path, seen)
             self._etags[obj_name] = None
             return True
@@ -186,35 +203,45 @@ class TaskIOObjectStorage(TaskIO):
             raise self._changed(obj_name) from exc
         except FileNotFoundError:
             return False
-        except OSError as exc:
+        except STORE_ERRORS as exc:
             raise self._errors(f"removing {self.build_url(obj_name)}", exc) from exc
         finally:
             self.fs.invalidate_cache(path)
 
     def lease_read(self, lock_name: str) -> str | None:
-        found = self.conditions.read(self._path(lock_name))
+        with self._lease_errors(lock_name):
+            found = self.conditions.read(self._path(lock_name))
         return None if found is None else found[0].decode("utf-8", "replace")
 
     def lease_create(self, lock_name: str, data: str) -> bool:
-        try:
-            self.conditions.create(self._path(lock_name), data.encode("utf-8"))
-        except ConditionFailed:
-            return False
+        with self._lease_errors(lock_name):
+            try:
+                self.conditions.create(self._path(lock_name), data.encode("utf-8"))
+            except ConditionFailed:
+                return False
         return True
 
     def lease_swap(self, lock_name: str, expected: str, new: str | None) -> bool:
         path = self._path(lock_name)
-        found = self.conditions.read(path)
-        if found is None or found[0] != expected.encode("utf-8"):
-            return False
-        try:
-            if new is None:
-                self.conditions.delete(path, found[1])
-            else:
-                self.conditions.replace(path, new.encode("utf-8"), found[1])
-        except ConditionFailed:
-            return False
+        with self._lease_errors(lock_name):
+            found = self.conditions.read(path)
+            if found is None or found[0] != expected.encode("utf-8"):
+                return False
+            try:
+                if new is None:
+                    self.conditions.delete(path, found[1])
+                else:
+                    self.conditions.replace(path, new.encode("utf-8"), found[1])
+            except ConditionFailed:
+                return False
         return True
+
+    @contextlib.contextmanager
+    def _lease_errors(self, lock_name: str) -> Iterator[None]:
+        try:
+            yield
+        except STORE_ERRORS as exc:
+            raise self._errors(f"the lease {self.build_url(lock_name)}", exc) from exc
 
     def check_fence(self, fence: Fence) -> None:
         validate_obj_name(fence.lock_name)
