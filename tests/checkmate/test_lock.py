@@ -162,15 +162,20 @@ def race_worker(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("store", "rounds"), [("file", RACE_ROUNDS), ("s3", 10)])
+@pytest.mark.parametrize(("store", "rounds"), [("file", RACE_ROUNDS), ("sqlite", 15), ("postgresql", 20), ("s3", 10)])
 def test_processes_binding_the_same_task_never_hold_it_together(
     request: pytest.FixtureRequest, tmp_path: Path, store: str, rounds: int
 ) -> None:
     marker, log, go = tmp_path / "marker", tmp_path / "race.log", tmp_path / "go"
+    conn: list[str] = []
     if store == "s3":
         base, conn = str(request.getfixturevalue("s3_url")), [S3_CONN_ID]
+    elif store == "postgresql":
+        base = str(request.getfixturevalue("postgres_url"))
+    elif store == "sqlite":
+        base = f"sqlite:///{tmp_path / 'race.db'}"
     else:
-        base, conn = str(request.getfixturevalue("base")), []
+        base = str(request.getfixturevalue("base"))
     worker = [sys.executable, "-m", "tests.checkmate.test_lock", "race", base]
     procs = [
         subprocess.Popen(

@@ -1,25 +1,21 @@
-"""Real worker processes sharing only a database: resume elsewhere, mutual exclusion, fencing a zombie.
+"""Real worker processes sharing only a database: resume elsewhere, fencing a zombie.
 
-Proves, on PostgreSQL (and the exclusion race on SQLite too), that:
+Proves, on PostgreSQL, that:
 
 - a task whose worker was SIGKILLed mid-stage is resumed by another process that shares nothing with
   the first but the database (its own working directory, journal and temp folder): it takes the dead
   holder's lease over at once, runs the interrupted stage again, never the completed ones, completes
   with the right result and records the takeover in the task's history;
-- processes binding the same task over and over are never bound at the same time (an O_EXCL marker each
-  holder creates while bound never finds another's); each bind either gets the lock or BindException;
 - a holder paused (SIGSTOP) past its lease and taken over is fenced: after SIGCONT its write is refused
   with LeaseLostException and the new holder's stored objects are unchanged byte for byte.
 
-The race worker is this module itself: ``python -m tests.checkmate.test_sql_workers race ...``.
+The race of many processes binding one task runs on every backend in test_lock.py.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -31,11 +27,7 @@ import pytest
 from sqlalchemy import text
 
 from airflow_checkmate.checkmate import (
-    BindException,
-    CheckMateEngine,
     LeaseLostException,
-    PersistenceDataNotFoundException,
-    RetryPolicy,
     StageStatus,
     TaskEngineState,
     TaskIO,
@@ -45,7 +37,7 @@ from airflow_checkmate.checkmate import (
 )
 from tests.checkmate.test_lock import _proc_state, journal_has, reaped, wait_for
 from tests.conftest import child_env
-from tests.helpers.stages import expected_result, journal, make_stages, read_journal
+from tests.helpers.stages import expected_result, read_journal
 
 S = StageStatus
 pytestmark = pytest.mark.slow
@@ -176,114 +168,6 @@ def test_task_killed_mid_stage_is_resumed_by_a_worker_sharing_only_the_database(
     assert f"pid {first.pid}," in messages[0] and "lease 30 s" in messages[0], messages
 
 
-# --------------------------------------------------------------------------- never two holders
-
-#: A library bug the race hits (pinned by test_io_sql.py::test_lease_read_of_a_lease_released_and_retaken_meanwhile):
-#: TaskIOSQL.lease_read reads no row (the holder just released), then exists() sees the next holder's new row,
-#: and it re-raises "does not exist", so bind fails with PersistenceDataNotFoundException. Mutual exclusion holds.
-LEASE_READ_BUG = "TaskIOSQL.lease_read raised 'task.lock does not exist' for a lease released and re-created meanwhile"
-
-
-def race_worker(url: str, task_id: str, name: str, rounds: int, marker: str, log: str, go: str, seed: int) -> int:
-    """Bind ``task_id`` ``rounds`` times; while bound, own ``marker`` exclusively. Logs every outcome to ``log``."""
-    io = TaskIO.from_base_url(url, durable=False)
-    rng = random.Random(seed)
-    journal(log, f"ready {name}")
-    wait_for(lambda: os.path.exists(go), 60, "the go signal")
-    for round_ in range(rounds):
-        timeout = rng.choice([None, 0.1, 5.0])
-        engine = CheckMateEngine(io, task_id, make_stages(1), RetryPolicy.RETRY, 5, bind_lock_timeout=timeout)
-        began = time.monotonic()
-        try:
-            engine.bind()
-        except BindException as exc:
-            journal(log, f"busy {name} {round_} {type(exc).__name__}")
-            continue
-        except PersistenceDataNotFoundException as exc:
-            if not str(exc).endswith("/task.lock does not exist"):
-                raise
-            journal(log, f"lease_read_bug {name} {round_}")  # the known bug: see LEASE_READ_BUG
-            continue
-        waited = time.monotonic() - began
-        try:
-            try:
-                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                journal(log, f"violation {name} {round_}")
-                continue
-            journal(log, f"acquire {name} {round_} {waited:.4f}")
-            time.sleep(rng.uniform(0.002, 0.015))
-            journal(log, f"release {name} {round_}")
-            os.close(fd)
-            os.unlink(marker)
-        finally:
-            engine.unbind()
-        time.sleep(rng.uniform(0.0, 0.01))
-    return 0
-
-
-def run_race(url: str, tmp_path: Path, workers: int, rounds: int) -> None:
-    """Race ``workers`` processes for one task; assert mutual exclusion and that every bind had an outcome."""
-    task_id = new_task_id("race")
-    io = TaskIO.from_base_url(url)  # creates the tables before the workers start
-    marker, log, go = tmp_path / "marker", tmp_path / "race.log", tmp_path / "go"
-    procs = [
-        spawn(
-            "race",
-            url,
-            task_id,
-            f"w{i}",
-            str(rounds),
-            str(marker),
-            str(log),
-            str(go),
-            str(i),
-            cwd=tmp_path / f"w{i}",
-            module="tests.checkmate.test_sql_workers",
-        )
-        for i in range(workers)
-    ]
-    with reaped(*procs):
-        wait_for(lambda: sum(w[0] == "ready" for w in read_journal(log)) == workers, 60, "workers to start")
-        go.touch()
-        for proc in procs:
-            _, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, err
-
-    lines = read_journal(log)
-    violations = [w for w in lines if w[0] == "violation"]
-    assert not violations, f"two holders at once: {violations}"
-    events = [w for w in lines if w[0] in ("acquire", "release")]
-    for acquire, release in zip(events[::2], events[1::2], strict=True):
-        assert (acquire[0], release[0]) == ("acquire", "release"), events
-        assert acquire[1:3] == release[1:3], f"{acquire} overlapped by another holder: {events}"
-    busy = [w for w in lines if w[0] == "busy"]
-    assert {w[3] for w in busy} <= {"BindException"}, busy
-    bugs = [w for w in lines if w[0] == "lease_read_bug"]
-    outcomes = sorted((w[1], int(w[2])) for w in events[::2] + busy + bugs)
-    assert outcomes == sorted((f"w{i}", r) for i in range(workers) for r in range(rounds)), "a bind had no outcome"
-    holders = [w[1] for w in events[::2]]
-    switches = sum(a != b for a, b in itertools.pairwise(holders))
-    waits = sum(float(w[3]) > 0.03 for w in events[::2])
-    print(f"\nlock race: {len(holders)} binds, {len(busy)} refused, {switches} holder switches, {waits} waited")
-    assert switches >= workers and waits > 0, "the workers did not contend for the lock"
-    assert {f"w{i}" for i in range(workers)} <= set(holders), "a worker never got the lock"
-    assert io.lease_read(f"{task_id}/task.lock") is None, "the last holder left its lease behind"
-    assert takeovers(io, task_id) == [], "a live holder's lease was taken over"
-    assert not marker.exists()
-    assert not bugs, f"{len(bugs)} of {workers * rounds} binds failed instead of BindException: {LEASE_READ_BUG}"
-
-
-def test_processes_binding_the_same_task_never_hold_it_together_on_postgresql(
-    postgres_url: str, tmp_path: Path
-) -> None:
-    run_race(postgres_url, tmp_path, workers=6, rounds=25)
-
-
-def test_processes_binding_the_same_task_never_hold_it_together_on_sqlite(tmp_path: Path) -> None:
-    run_race(f"sqlite:///{tmp_path / 'race.db'}", tmp_path, workers=3, rounds=20)
-
-
 # --------------------------------------------------------------------------- fencing a zombie
 
 
@@ -336,10 +220,3 @@ def test_paused_holder_past_its_lease_is_fenced(postgres_url: str, tmp_path: Pat
         ["s4", "1"],
     ], "the old holder ran on"
     assert io.lease_read(f"{task_id}/task.lock") is None
-
-
-if __name__ == "__main__":
-    if sys.argv[1] == "race":
-        _, _, url_arg, task_arg, name_arg, rounds_arg, marker_arg, log_arg, go_arg, seed_arg = sys.argv
-        sys.exit(race_worker(url_arg, task_arg, name_arg, int(rounds_arg), marker_arg, log_arg, go_arg, int(seed_arg)))
-    sys.exit(f"unknown command {sys.argv[1:]}")
