@@ -46,6 +46,7 @@ test: lint typecheck unit
 bench: $(VENV)/.installed-test
 	CHECKMATE_BENCH_POSTGRES_URL="$${CHECKMATE_BENCH_POSTGRES_URL-$${CHECKMATE_TEST_POSTGRES_URL-}}" \
 		$(BIN)/python -m bench.backends
+	$(BIN)/python -m bench.overhead --stages 10 100 1000 10000
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
