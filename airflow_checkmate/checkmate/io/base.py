@@ -137,13 +137,17 @@ class TaskIO(ABC):
 
     def check_fence(self, fence: Fence) -> None:
         """Raise LeaseLostException unless the lease still carries the fence's token."""
-        raw = self.lease_read(fence.lock_name)
-        try:
-            token = json.loads(raw).get("token") if raw else None
-        except (ValueError, AttributeError):
-            token = None
-        if token != fence.token:
+        if lease_token(self.lease_read(fence.lock_name)) != fence.token:
             raise lease_lost(fence.lock_name)
+
+
+def lease_token(lease_text: str | None) -> str | None:
+    """The owner token in a lease object's text (None if there is none or it does not parse)."""
+    try:
+        token = json.loads(lease_text).get("token") if lease_text else None
+    except (ValueError, AttributeError):
+        return None
+    return token if isinstance(token, str) else None
 
 
 def lease_lost(lock_name: str) -> LeaseLostException:

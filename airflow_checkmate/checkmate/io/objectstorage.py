@@ -30,7 +30,7 @@ _UNKNOWN = object()
 
 
 class TaskIOObjectStorage(TaskIO):
-    """Task I/O implementation for object storage: ``s3://bucket/prefix`` (and gs://, abfs://, memory://...).
+    """Task I/O implementation for object storage: ``s3://bucket/prefix`` (and gs://, abfs:// unlocked).
 
     :param base_url: the store and prefix the task folders go under.
     :param conn_id: the Airflow connection with the store's credentials (e.g. an ``aws`` connection,
@@ -190,8 +190,8 @@ class TaskIOObjectStorage(TaskIO):
                 self._etags[obj_name] = None
                 return True
             self.check_fence(fence)
-            seen = self._seen(obj_name, path)
-            if seen is None:  # seen absent; it may have been written since (a cancel request)
+            seen = self._etags.get(obj_name)
+            if seen is None:  # never seen, or seen absent and maybe written since (a cancel request): look
                 found = self.conditions.read(path)
                 if found is None:
                     return False

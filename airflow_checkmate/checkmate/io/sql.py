@@ -7,8 +7,9 @@ checks the token and writes the object in the same transaction: a takeover waits
 then sees it, and a write after a takeover is refused.
 """
 
-import json
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Column, Float, Index, LargeBinary, MetaData, String, Table, delete, select, update
@@ -17,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from airflow_checkmate.checkmate import sqldb
 from airflow_checkmate.checkmate.exceptions import PersistenceDataNotFoundException
-from airflow_checkmate.checkmate.io.base import DEFAULT_LEASE_SECONDS, Fence, TaskIO, lease_lost
+from airflow_checkmate.checkmate.io.base import DEFAULT_LEASE_SECONDS, Fence, TaskIO, lease_lost, lease_token
 from airflow_checkmate.checkmate.names import validate_obj_name
 
 SCHEMA_VERSION = 1
@@ -49,7 +50,6 @@ class TaskIOSQL(TaskIO):
     def __init__(
         self, base_url: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS, durable: bool = True, **_: Any
     ) -> None:
-        self._url = base_url
         super().__init__(sqldb.safe_url(sqldb.parse_url(base_url)), lease_seconds=lease_seconds)
         self.engine = sqldb.get_engine(base_url, durable)
         sqldb.ensure_schema(self.engine, "objects", metadata, SCHEMA_VERSION)
@@ -104,21 +104,12 @@ class TaskIOSQL(TaskIO):
                 "updated_at": statement.excluded.updated_at,
             },
         )
-        if fence is not None:
-            self._key(fence.lock_name)
-        what = f"writing {self.build_url(obj_name)} (its previous version is unchanged)"
-        with sqldb.db_errors(what), sqldb.write_tx(self.engine) as conn:
-            if fence is not None:
-                self._hold_fence(conn, fence)
+        with self._fenced_tx(fence, f"writing {self.build_url(obj_name)} (its previous version is unchanged)") as conn:
             conn.execute(statement)
 
     def remove(self, obj_name: str, *, fence: Fence | None = None) -> bool:
         self._key(obj_name)
-        if fence is not None:
-            self._key(fence.lock_name)
-        with sqldb.db_errors(f"removing {self.build_url(obj_name)}"), sqldb.write_tx(self.engine) as conn:
-            if fence is not None:
-                self._hold_fence(conn, fence)
+        with self._fenced_tx(fence, f"removing {self.build_url(obj_name)}") as conn:
             return conn.execute(delete(objects).where(objects.c.name == obj_name)).rowcount > 0
 
     def lease_read(self, lock_name: str) -> str | None:
@@ -135,7 +126,7 @@ class TaskIOSQL(TaskIO):
             "name": lock_name,
             "task_key": self._key(lock_name),
             "data": data.encode("utf-8"),
-            "lease_token": _token(data),
+            "lease_token": lease_token(data),
             "updated_at": time.time(),
         }
         statement = (
@@ -156,26 +147,26 @@ class TaskIOSQL(TaskIO):
             statement = (
                 update(objects)
                 .where(match)
-                .values(data=new.encode("utf-8"), lease_token=_token(new), updated_at=time.time())
+                .values(data=new.encode("utf-8"), lease_token=lease_token(new), updated_at=time.time())
             )
         with sqldb.db_errors(f"changing lease {self.build_url(lock_name)}"), sqldb.write_tx(self.engine) as conn:
             return bool(conn.execute(statement).rowcount == 1)
 
     def check_fence(self, fence: Fence) -> None:
-        self._key(fence.lock_name)
-        with sqldb.db_errors(f"checking lease {self.build_url(fence.lock_name)}"), sqldb.write_tx(self.engine) as conn:
-            self._hold_fence(conn, fence)
+        with self._fenced_tx(fence, f"checking lease {self.build_url(fence.lock_name)}"):
+            pass
 
-    def _hold_fence(self, conn: Connection, fence: Fence) -> None:
-        """Lock the lease row until the transaction ends; raise LeaseLostException if it is not ours."""
-        query = select(objects.c.lease_token).where(objects.c.name == fence.lock_name).with_for_update(read=True)
-        if conn.execute(query).scalar() != fence.token:
-            raise lease_lost(fence.lock_name)
+    @contextlib.contextmanager
+    def _fenced_tx(self, fence: Fence | None, what: str) -> Iterator[Connection]:
+        """A write transaction that, with a fence, first locks the lease row and checks it carries the token.
 
-
-def _token(lease_text: str) -> str | None:
-    try:
-        token = json.loads(lease_text).get("token")
-    except (ValueError, AttributeError):
-        return None
-    return token if isinstance(token, str) else None
+        The row lock lasts until the transaction ends, so a takeover waits for the write and then sees it.
+        """
+        if fence is not None:
+            self._key(fence.lock_name)
+        with sqldb.db_errors(what), sqldb.write_tx(self.engine) as conn:
+            if fence is not None:
+                query = select(objects.c.lease_token).where(objects.c.name == fence.lock_name)
+                if conn.execute(query.with_for_update(read=True)).scalar() != fence.token:
+                    raise lease_lost(fence.lock_name)
+            yield conn
