@@ -5,7 +5,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow_checkmate.checkmate import settings
-from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, S
+from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT
 from airflow_checkmate.checkmate.engine import CheckMateEngine
 from airflow_checkmate.checkmate.exceptions import TaskEngineException
 from airflow_checkmate.checkmate.factory import factory_path
@@ -99,10 +99,10 @@ class CheckMate(CheckMateEngine[STAGE, STAGE_RESULT]):
 
     def _progress(self) -> dict[str, Any]:
         stages = self.task_state.stage_templates
-        done = self._first_incomplete()
+        done = self._first_incomplete()  # COMPLETE stages are always a prefix (the status check enforces it)
         return {
             "status": str(self.status),
-            "stages_done": sum(1 for s in stages if s.state.status is S.COMPLETE),
+            "stages_done": done,
             "stages_total": len(stages),
             "current_stage": stages[done].stage_name if done < len(stages) else None,
         }

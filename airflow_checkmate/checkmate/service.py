@@ -97,7 +97,10 @@ class CheckMateService:
         return self._ios[record.base_url]
 
     def show(self, task_id: str) -> TaskDetails:
-        record = self.record(task_id)
+        return self._details(self.record(task_id))
+
+    def _details(self, record: TaskRecord) -> TaskDetails:
+        task_id = record.task_id
         io = self.io_for(record)
         raw = io.lease_read(names.lock_obj_name(task_id))
         lease = parse_lease(raw, names.lock_obj_name(task_id)) if raw else None
@@ -149,17 +152,21 @@ class CheckMateService:
     def cancel(self, task_ids: Sequence[str], dry_run: bool = True, reason: str = "") -> list[Outcome]:
         """Cancel tasks: a live holder is asked to stop at its next stage boundary; others are canceled here."""
         reason = reason or "canceled with `checkmate cancel`"
-        return [self._each(task_id, "cancel", lambda r: self._cancel(r, dry_run, reason)) for task_id in task_ids]
+        return [
+            self._each(task_id, "cancel", lambda task_id=task_id: self._cancel(self.record(task_id), dry_run, reason))
+            for task_id in task_ids
+        ]
 
-    def _each(self, task_id: str, action: str, run: Callable[[TaskRecord], Outcome]) -> Outcome:
+    @staticmethod
+    def _each(task_id: str, action: str, run: Callable[..., Outcome]) -> Outcome:
         """One task of a batch: its failure is reported as an outcome, not raised, so the batch goes on."""
         try:
-            return run(self.record(task_id))
+            return run()
         except ERRORS as exc:
             return Outcome(task_id, action, False, f"failed: {exc}", failed=True)
 
     def _cancel(self, record: TaskRecord, dry_run: bool, reason: str) -> Outcome:
-        details = self.show(record.task_id)
+        details = self._details(record)
         status = details.snapshot.status if details.snapshot else None
         if status is None or status in (S.COMPLETE, S.ERROR, S.CANCELED):
             return Outcome(record.task_id, "cancel", False, f"skipped: it is {status or 'not stored'}")
@@ -207,7 +214,7 @@ class CheckMateService:
         self, records: Sequence[TaskRecord], dry_run: bool = True, statuses: Sequence[S] = FINISHED
     ) -> list[Outcome]:
         """Remove the stored state of tasks whose stored status is one of ``statuses``; rows are marked cleaned."""
-        return [self._each(r.task_id, "clean", lambda r: self._clean(r, dry_run, statuses)) for r in records]
+        return [self._each(r.task_id, "clean", lambda r=r: self._clean(r, dry_run, statuses)) for r in records]
 
     def _clean(self, record: TaskRecord, dry_run: bool, statuses: Sequence[S]) -> Outcome:
         io = self.io_for(record)
