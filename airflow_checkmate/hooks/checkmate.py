@@ -15,10 +15,11 @@ from airflow_checkmate.checkmate.registry import TaskRegistry
 from airflow_checkmate.checkmate.settings import (
     DEFAULT_CONN_ID,
     StorageSettings,
-    default_base_url,
     default_database_url,
     default_home,
+    from_environment,
 )
+from airflow_checkmate.checkmate.sqldb import safe_url
 
 __all__ = ["CheckMateHook", "default_home"]
 
@@ -58,8 +59,15 @@ class CheckMateHook(BaseHook):
                     f"CheckMate connection {self.checkmate_conn_id!r} is not defined; create it (type "
                     f"'checkmate', extra {{\"base_url\": ...}}) or use {self.default_conn_name!r}"
                 ) from None
-            self.log.info("No connection %r: using %s and %s", self.checkmate_conn_id, *self._fallbacks())
-            return {"base_url": default_base_url(), "database_url": default_database_url(), "source": "default"}
+            fallback = from_environment()
+            self.log.info(
+                "No connection %r: using %s and %s (%s)",
+                self.checkmate_conn_id,
+                fallback.base_url,
+                safe_url(fallback.database_url),
+                fallback.source,
+            )
+            return {"base_url": fallback.base_url, "database_url": fallback.database_url, "source": fallback.source}
         extra = dict(conn.extra_dejson)
         base_url = extra.get("base_url") or conn.host
         if not base_url:
@@ -71,10 +79,6 @@ class CheckMateHook(BaseHook):
         extra["database_url"] = str(extra.get("database_url") or default_database_url())
         extra["source"] = f"connection {self.checkmate_conn_id}"
         return extra
-
-    @staticmethod
-    def _fallbacks() -> tuple[str, str]:
-        return default_base_url(), default_database_url().split("://", 1)[0] + "://..."
 
     @cached_property
     def settings(self) -> StorageSettings:
