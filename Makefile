@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q
 QUIET := sed -u '/is ignored: it is neither a file nor a directory/d'
 
-.PHONY: demo engine-demo test lint typecheck unit bench clean
+.PHONY: demo engine-demo test lint typecheck unit bench reliability clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version'
@@ -23,6 +23,10 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml constraints-test.txt | $(BIN)/python
 	$(PIP) -e '.[test]' -c constraints-test.txt 2>&1 | $(QUIET)
 	touch $@ $(VENV)/.installed-base
+
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(PIP) -e '.[test,bench]' -c constraints-test.txt 2>&1 | $(QUIET)
+	touch $@
 
 demo: $(VENV)/.installed-base
 	$(BIN)/python examples/airflow_demo.py
@@ -43,10 +47,15 @@ unit: $(VENV)/.installed-test
 test: lint typecheck unit
 
 # Benchmarks (not part of `make test`; a smoke run of each script is). PostgreSQL joins when reachable.
-bench: $(VENV)/.installed-test
+bench: $(VENV)/.installed-bench
 	CHECKMATE_BENCH_POSTGRES_URL="$${CHECKMATE_BENCH_POSTGRES_URL-$${CHECKMATE_TEST_POSTGRES_URL-}}" \
 		$(BIN)/python -m bench.backends
 	$(BIN)/python -m bench.overhead --stages 10 100 1000 10000
+
+# Reliability campaigns at full size (a seeded subset of each runs in `make test`); PostgreSQL as in .ci/run.
+reliability: $(VENV)/.installed-test
+	CHECKMATE_RELIABILITY_POSTGRES_URL="$${CHECKMATE_RELIABILITY_POSTGRES_URL-$${CHECKMATE_TEST_POSTGRES_URL-postgresql://postgres@127.0.0.1:5432/test}}" \
+		$(BIN)/python -m reliability
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Reliability campaigns: ``make reliability`` runs them all; a seeded subset of each runs in ``make test``."""
