@@ -1,0 +1,1 @@
+"""DAGs and stage code of the chained-tasks benchmark (bench.airflow_chain); the folder is its dags folder."""
