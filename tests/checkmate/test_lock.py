@@ -2,31 +2,26 @@
 
 Proves that:
 
-- processes binding the same task over and over are never bound at the same time (an O_EXCL marker
-  file each holder creates while bound never finds another's), and each gets the lock in turn;
+- processes binding the same task over and over are never bound at the same time, and each gets the
+  lock in turn (a seeded subset of the lock race campaign, ``reliability.race``, on every backend);
 - a holder killed with SIGKILL is taken over by the next bind at once (its pid is dead, so no waiting
   for the lease to expire), and the takeover is recorded in the task record's history;
 - ``bind_lock_timeout=None`` fails at once against a live holder, naming it; a number waits about that
   long then fails; a holder that releases during the wait lets the waiter in;
 - a holder paused (SIGSTOP) past its lease is fenced: after another process took the task over, the
   paused one's writes are refused (LeaseLostException) and the new holder's stored state is untouched,
-  both across processes and in one process.
-
-The race worker is this module itself: ``python -m tests.checkmate.test_lock race ...``.
+  across processes (a round of the zombie campaign, ``reliability.zombie``, on file and PostgreSQL) and
+  in one process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import itertools
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +38,9 @@ from airflow_checkmate.checkmate import (
     TaskIO,
     TaskIOFile,
 )
-from tests.conftest import ROOT, S3_CONN_ID, child_env, start_task_process
-from tests.helpers.stages import expected_result, journal, make_stages, read_journal
+from reliability import race, zombie
+from tests.conftest import S3_CONN_ID, start_task_process
+from tests.helpers.stages import expected_result, make_stages, read_journal
 
 RACE_WORKERS = 3
 RACE_ROUNDS = 40
@@ -78,32 +74,6 @@ def takeovers(task_dir: Path) -> list[str]:
     return [e.message for e in stored_task(task_dir).history if e.event == "lock takeover"]
 
 
-def folder_locked(folder: Path) -> bool:
-    """True if some process holds the storage's flock on ``folder`` (it would block a lease change)."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-def pause(proc: subprocess.Popen[str], task_dir: Path) -> None:
-    """SIGSTOP ``proc``, at a moment it does not hold the task folder's flock (else others would block)."""
-    for _ in range(200):
-        os.kill(proc.pid, signal.SIGSTOP)
-        wait_for(lambda: _proc_state(proc.pid) in ("T", "t"), 5, "the process to stop")
-        if not folder_locked(task_dir):
-            return
-        os.kill(proc.pid, signal.SIGCONT)
-        time.sleep(0.003)
-    raise AssertionError("could not pause the process outside of its storage flock")
-
-
 def _proc_state(pid: int) -> str:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat[stat.rfind(")") + 2]
@@ -131,89 +101,44 @@ def engine_for(io: TaskIO, n: int, journal_path: Path | str = "", timeout: float
 # --------------------------------------------------------------------------- race
 
 
-def race_worker(
-    base: str, name: str, rounds: int, marker: str, log: str, go: str, seed: int, conn_id: str | None = None
-) -> int:
-    """Bind the task ``rounds`` times; while bound, own ``marker`` exclusively. Logs to ``log``."""
-    io = TaskIO.from_base_url(base, durable=False, **({"conn_id": conn_id} if conn_id else {}))
-    rng = random.Random(seed)
-    journal(log, f"ready {name}")
-    wait_for(lambda: os.path.exists(go), 60, "the go signal")
-    for round_ in range(rounds):
-        engine = engine_for(io, 1, timeout=30)
-        began = time.monotonic()
-        engine.bind()
-        waited = time.monotonic() - began
-        try:
-            try:
-                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                journal(log, f"violation {name} {round_}")
-                continue
-            journal(log, f"acquire {name} {round_} {waited:.4f}")
-            time.sleep(rng.uniform(0.001, 0.008))
-            journal(log, f"release {name} {round_}")
-            os.close(fd)
-            os.unlink(marker)
-        finally:
-            engine.unbind()
-        time.sleep(rng.uniform(0.0, 0.02))
-    return 0
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("store", "rounds"), [("file", RACE_ROUNDS), ("sqlite", 15), ("postgresql", 20), ("s3", 10)])
 def test_processes_binding_the_same_task_never_hold_it_together(
     request: pytest.FixtureRequest, tmp_path: Path, store: str, rounds: int
 ) -> None:
-    marker, log, go = tmp_path / "marker", tmp_path / "race.log", tmp_path / "go"
-    conn: list[str] = []
+    """A seeded subset of ``reliability.race``: its journal checks, on every backend."""
+    conn_id = None
     if store == "s3":
-        base, conn = str(request.getfixturevalue("s3_url")), [S3_CONN_ID]
+        base, conn_id = str(request.getfixturevalue("s3_url")), S3_CONN_ID
     elif store == "postgresql":
         base = str(request.getfixturevalue("postgres_url"))
     elif store == "sqlite":
         base = f"sqlite:///{tmp_path / 'race.db'}"
     else:
         base = str(request.getfixturevalue("base"))
-    worker = [sys.executable, "-m", "tests.checkmate.test_lock", "race", base]
-    procs = [
-        subprocess.Popen(
-            [*worker, f"w{i}", str(rounds), str(marker), str(log), str(go), str(i), *conn],
-            cwd=ROOT,
-            env=child_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(RACE_WORKERS)
-    ]
-    with reaped(*procs):
-        wait_for(lambda: sum(w[0] == "ready" for w in read_journal(log)) == RACE_WORKERS, 60, "workers to start")
-        go.touch()
-        for proc in procs:
-            _, err = proc.communicate(timeout=90)
-            assert proc.returncode == 0, err
+    result = race.run_race(base, RACE_WORKERS, rounds, tmp_path, conn_id)
+    print(f"\nlock race: {result.binds} binds, {result.switches} holder switches, {result.waited} binds waited")
+    assert not result.violations, result.violations
+    assert result.binds == RACE_WORKERS * rounds
 
-    lines = read_journal(log)
-    violations = [w for w in lines if w[0] == "violation"]
-    assert not violations, f"two holders at once: {violations}"
-    events = [w for w in lines if w[0] in ("acquire", "release")]
-    # Holding intervals never overlap: the log strictly alternates acquire X / release X.
-    for acquire, release in zip(events[::2], events[1::2], strict=True):
-        assert (acquire[0], release[0]) == ("acquire", "release"), events
-        assert acquire[1:3] == release[1:3], f"{acquire} overlapped by another holder: {events}"
-    holders = [w[1] for w in events[::2]]
-    for i in range(RACE_WORKERS):
-        assert holders.count(f"w{i}") == rounds, f"w{i} did not get the lock every round"
-    switches = sum(a != b for a, b in itertools.pairwise(holders))
-    waits = sum(float(w[3]) > 0.03 for w in events[::2])
-    print(f"\nlock race: {len(holders)} binds, {switches} holder switches, {waits} binds waited for the lock")
-    assert switches >= RACE_WORKERS, "the workers did not contend: one ran all its rounds, then the other"
-    assert waits > 0, "no bind ever had to wait, so nothing was raced"
-    store_io = TaskIO.from_base_url(base, **({"conn_id": conn[0]} if conn else {}))
-    assert store_io.lease_read("t/task.lock") is None, "the last holder left its lease behind"
-    assert not marker.exists()
+
+def test_race_journal_check_finds_two_holders() -> None:
+    """The race's journal check is not vacuous: overlapping holders, a taken marker and a missed round fail it."""
+    lines = [
+        ["enter", "w0", "1", "0", "1.0", "0.05"],
+        ["enter", "w1", "2", "0", "1.1", "0.00"],
+        ["marker-taken", "w1", "2", "0"],
+        ["exit", "w0", "1", "0", "1.2"],
+        ["exit", "w1", "2", "0", "1.3"],
+    ]
+    result = race.RaceResult()
+    race.check_journal(lines, 2, 2, result)
+    assert any("entered while w0" in v for v in result.violations), result.violations
+    assert any("marker" in v for v in result.violations)
+    assert any("held the lock 1 times, not 2" in v for v in result.violations)
+    ok = race.RaceResult()
+    race.check_journal([line for line in lines[:1] + lines[3:4]], 1, 1, ok)
+    assert ok.violations == ["only 0 holder switches: the workers did not contend"]
 
 
 # --------------------------------------------------------------------------- dead holder
@@ -301,50 +226,13 @@ def test_bind_lock_timeout_against_a_live_holder(base: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_paused_holder_past_its_lease_is_fenced(base: Path, tmp_path: Path) -> None:
-    journal_path = tmp_path / "journal"
-    task_dir = base / "t"
-    args = (str(base), "t", "4", "--journal", str(journal_path), "--sleep", "0.4")
-    old = start_task_process(*args, "--lease", "1")
-    new: subprocess.Popen[str] | None = None
-    with reaped(old):
-        wait_for(lambda: journal_has(journal_path, "start", "s2"), what="the first holder to start s2")
-        pause(old, task_dir)
-        old_lease = json.loads((task_dir / "task.lock").read_text())
-        assert old_lease["pid"] == old.pid
-        wait_for(lambda: time.time() > old_lease["heartbeat_at"] + 1.05, 5, "the paused holder's lease to expire")
-
-        new = start_task_process(*args)
-        with reaped(new):
-            # The new holder takes the expired lease over, runs s2 again and completes it, starts s3.
-            wait_for(lambda: journal_has(journal_path, "start", "s3"), what="the new holder to reach s3")
-            pause(new, task_dir)
-            state = snapshot(task_dir)
-            assert json.loads(state["task.lock"])["pid"] == new.pid
-            s2 = json.loads(state["s2.stage.json"])
-            assert (s2["status"], s2["attempts"]) == ("COMPLETE", 2)
-
-            # The old holder wakes up: it finishes its s2 code, but its writes are refused.
-            os.kill(old.pid, signal.SIGCONT)
-            out, err = old.communicate(timeout=30)
-            assert old.returncode == 4, out + err
-            assert "LeaseLostException" in out, out
-            assert snapshot(task_dir) == state, "the fenced holder changed the new holder's stored state"
-
-            os.kill(new.pid, signal.SIGCONT)
-            out, err = new.communicate(timeout=30)
-            assert new.returncode == 0, out + err
-            assert out.split(maxsplit=1) == ["COMPLETE", json.dumps(expected_result(4)) + "\n"]
-
-    messages = takeovers(task_dir)
-    assert len(messages) == 1, messages
-    assert f"pid {old.pid}," in messages[0], messages
-    assert "lease 1 s" in messages[0], messages
-    s2_history = json.loads((task_dir / "s2.stage.json").read_text())["history"]
-    assert [(h["status"], h["attempt"]) for h in s2_history] == [("RUNNING", 1), ("RUNNING", 2), ("COMPLETE", 2)]
-    starts = [w[1:] for w in read_journal(journal_path) if w[0] == "start"]
-    assert starts == [["s1", "1"], ["s2", "1"], ["s2", "2"], ["s3", "1"], ["s4", "1"]], "the old holder ran on"
-    assert not (task_dir / "task.lock").exists()
+@pytest.mark.parametrize("store", ["file", "postgresql"])
+def test_paused_holder_past_its_lease_is_fenced(request: pytest.FixtureRequest, tmp_path: Path, store: str) -> None:
+    """A round of ``reliability.zombie``: A paused past its lease, B takes over, A resumed is refused."""
+    url = str(request.getfixturevalue("postgres_url")) if store == "postgresql" else None
+    (outcome,) = zombie.run_backend(1, tmp_path, url)
+    assert outcome.violations == []
+    assert (outcome.refused, outcome.overwritten, outcome.ran_on, outcome.completed) == (1, 0, 0, 1)
 
 
 def take_over_in_process(base: Path, journal_path: Path):
@@ -411,12 +299,3 @@ def test_engine_whose_lease_was_taken_over_runs_no_cancel_cleanup(base: Path, tm
         with contextlib.suppress(LeaseLostException):
             a.unbind()
         b.unbind()
-
-
-if __name__ == "__main__":
-    if sys.argv[1] == "race":
-        _, _, base_arg, name_arg, rounds_arg, marker_arg, log_arg, go_arg, seed_arg, *conn_arg = sys.argv
-        sys.exit(
-            race_worker(base_arg, name_arg, int(rounds_arg), marker_arg, log_arg, go_arg, int(seed_arg), *conn_arg)
-        )
-    sys.exit(f"unknown command {sys.argv[1:]}")

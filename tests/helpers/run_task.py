@@ -2,11 +2,20 @@
 
 Used by tests that resume, kill or race real processes. Prints the final status; exit codes:
 0 COMPLETE, 3 RETRY (call again), 4 ERROR/CANCELED, 5 lock held by another process.
+
+``--clean`` ends a COMPLETE run with ``unbind(clean=True)`` (the task's objects are removed), so that kill
+campaigns can interrupt a cleanup. ``--phases`` appends phase lines to the journal, for campaigns that
+must know where a run was when it was killed (the stage lines are unchanged):
+``bound PID MONOTONIC STATUS TAKEOVER_PIDS`` (comma-separated, ``-`` for none), ``executed PID MONOTONIC``
+and ``unbound PID MONOTONIC``.
 """
 
 import argparse
 import json
+import os
+import re
 import sys
+import time
 
 from airflow_checkmate.checkmate import (
     BindException,
@@ -16,7 +25,17 @@ from airflow_checkmate.checkmate import (
     TaskEngineException,
     TaskIO,
 )
-from tests.helpers.stages import make_stages
+from tests.helpers.stages import journal, make_stages
+
+
+def _takeover_pids(engine: CheckMateEngine) -> str:  # type: ignore[type-arg]
+    """The pids of the holders the task's history says were taken over, for the ``bound`` phase line."""
+    pids = []
+    for event in engine.task_state.history:
+        match = re.search(r"\bpid (\d+)\b", event.message) if event.event == "lock takeover" else None
+        if match:
+            pids.append(match.group(1))
+    return ",".join(pids) or "-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock-timeout", type=float, default=None)
     parser.add_argument("--no-durable", action="store_true")
     parser.add_argument("--conn-id", default=None, help="Airflow connection of the store (s3://...)")
+    parser.add_argument("--clean", action="store_true", help="unbind(clean=True) after a COMPLETE run")
+    parser.add_argument("--phases", action="store_true", help="journal the bound/executed/unbound phases")
     args = parser.parse_args(argv)
+
+    def phase(line: str) -> None:
+        if args.phases:
+            journal(args.journal, f"{line.split()[0]} {os.getpid()} {time.monotonic():.6f} {line.partition(' ')[2]}")
 
     options: dict[str, object] = {"conn_id": args.conn_id} if args.conn_id else {}
     io = TaskIO.from_base_url(args.base, lease_seconds=args.lease, durable=not args.no_durable, **options)
@@ -43,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         with engine:
+            phase(f"bound {engine.status} {_takeover_pids(engine)}")
             try:
                 engine.execute(strict_recovery=True)
             except TaskEngineException as exc:
@@ -52,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{engine.status} {type(exc).__name__}: {exc}", flush=True)
                 return 4
             print(f"{engine.status} {json.dumps(engine.task_result)}", flush=True)
-            return 0
+            phase("executed")
+            if args.clean:
+                engine.unbind(clean=True)
+        phase("unbound")
+        return 0
     except BindException as exc:
         print(f"LOCKED {exc}", flush=True)
         return 5
