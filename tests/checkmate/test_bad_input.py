@@ -13,6 +13,11 @@ the storage folder or break its limits, corrupt or foreign stored objects, a cha
 - where the contract says a check happens "before any storage call", a storage backend that records
   its calls shows none was made.
 
+The bad inputs and the one way each is thrown at the engine are defined once, in
+``reliability/hostile_cases.py`` (the sandbox store and its helpers in ``reliability/hostile_store.py``):
+the hostile-input campaign (``python -m reliability.hostile``) tables the same cases, and the last tests
+here run that campaign and prove it can fail.
+
 The full disk is simulated only at the syscall: a TaskIOFile subclass overrides ``_write_all`` to
 write part of the payload and raise ENOSPC; the atomic-write handling and the engine are the code
 under test. Stage executions are counted from the journal the stage code writes, never by the engine.
@@ -24,7 +29,7 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -34,244 +39,66 @@ from pydantic import ValidationError
 from airflow_checkmate.checkmate import (
     STAGE_NAME_MAX_LENGTH,
     TASK_ID_MAX_LENGTH,
-    BaseStage,
-    BaseStageState,
     CheckMateEngine,
     MissingStateException,
     PersistenceDataNotFoundException,
-    RetryPolicy,
     StageStatus,
     TaskEngineException,
     TaskIO,
     TaskIOException,
     TaskIOFile,
 )
+from reliability import hostile
+from reliability import hostile_cases as hc
+from reliability.hostile_catalogue import HostileCase, catalogue
+from reliability.hostile_store import (
+    JOURNAL_CLASS,
+    TASK,
+    NeedsStage,
+    NeedsState,
+    Store,
+    engine_for,
+    files_under,
+    make_stored_task,
+    new_store,
+    no_temp_files,
+    resume_and_finish,
+    snapshot,
+    starts,
+    stored_doc,
+)
 from tests.helpers.stages import CounterState, JournalStage, expected_result, make_stages, read_journal
 
 S = StageStatus
-#: Long enough that no heartbeat rewrites a held lock during a test, so snapshots taken while bound are stable.
-LEASE_SECONDS = 300.0
-TASK = "t"
-JOURNAL_CLASS = f"{JournalStage.__module__}.{JournalStage.__qualname__}"
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-class ProbeIO(TaskIOFile):
-    """Real file storage that records every storage call and can fake a full disk on one write.
-
-    ``fail_on(doc)`` picks the write to fail from the JSON document being written; that write puts half
-    its bytes into the temp file and raises ENOSPC, as ``write(2)`` does on a full disk.
-    """
-
-    def __init__(self, base: Path, **kwargs: Any) -> None:
-        super().__init__(base, lease_seconds=LEASE_SECONDS, **kwargs)
-        self.calls: list[tuple[str, str]] = []
-        self.fail_on: Callable[[dict[str, Any]], bool] | None = None
-        self.faults = 0
-
-    def _write_all(self, fd: int, payload: bytes) -> None:
-        if self.fail_on is not None:
-            try:
-                doc = json.loads(payload)
-            except ValueError:
-                doc = None
-            if isinstance(doc, dict) and self.fail_on(doc):
-                self.fail_on = None
-                self.faults += 1
-                os.write(fd, payload[: len(payload) // 2])
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        super()._write_all(fd, payload)
-
-    def read(self, obj_name: str) -> str:
-        self.calls.append(("read", obj_name))
-        return super().read(obj_name)
-
-    def write(self, obj_name: str, data: str | bytes, **kwargs: Any) -> None:
-        self.calls.append(("write", obj_name))
-        super().write(obj_name, data, **kwargs)
-
-    def exists(self, obj_name: str) -> bool:
-        self.calls.append(("exists", obj_name))
-        return super().exists(obj_name)
-
-    def remove(self, obj_name: str, **kwargs: Any) -> bool:
-        self.calls.append(("remove", obj_name))
-        return super().remove(obj_name, **kwargs)
-
-    def list(self, prefix: str) -> list[str]:
-        self.calls.append(("list", prefix))
-        return super().list(prefix)
-
-    def lease_read(self, lock_name: str) -> str | None:
-        self.calls.append(("lease_read", lock_name))
-        return super().lease_read(lock_name)
-
-    def lease_create(self, lock_name: str, data: str) -> bool:
-        self.calls.append(("lease_create", lock_name))
-        return super().lease_create(lock_name, data)
-
-    def lease_swap(self, lock_name: str, expected: str, new: str | None) -> bool:
-        self.calls.append(("lease_swap", lock_name))
-        return super().lease_swap(lock_name, expected, new)
-
-    def prune(self, prefix: str) -> None:
-        self.calls.append(("prune", prefix))
-        super().prune(prefix)
-
-
-class Store(NamedTuple):
-    root: Path  # the folder snapshotted: the base and three levels of "outside" around it
-    base: Path  # root/l1/l2/store
-    io: ProbeIO  # durable storage in ``base``
-    journal: Path  # outside root: stage code runs change it, nothing else
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    root = tmp_path / "outer"
-    base = root / "l1" / "l2" / "store"
-    base.mkdir(parents=True)
-    (root / "secret.txt").write_text("outside the base\n")
-    return Store(root, base, ProbeIO(base), tmp_path / "journal.txt")
-
-
-def snapshot(root: Path) -> dict[str, tuple[bytes | None, int]]:
-    """Every folder and file under ``root``: relative path -> (bytes, or None for a folder; mode)."""
-    out: dict[str, tuple[bytes | None, int]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            path = Path(dirpath, name)
-            out[path.relative_to(root).as_posix() + "/"] = (None, stat.S_IMODE(path.lstat().st_mode))
-        for name in filenames:
-            path = Path(dirpath, name)
-            out[path.relative_to(root).as_posix()] = (path.read_bytes(), stat.S_IMODE(path.lstat().st_mode))
-    return out
-
-
-def files_under(base: Path) -> list[str]:
-    return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
-
-
-def starts(journal: Path) -> dict[str, int]:
-    """How many times each stage's code started, from the journal the stage code wrote."""
-    counts: dict[str, int] = {}
-    for words in read_journal(journal):
-        if words[0] == "start":
-            counts[words[1]] = counts.get(words[1], 0) + 1
-    return counts
-
-
-def engine_for(io: TaskIO, journal: Path, stages: list[Any] | None = None, **kwargs: Any) -> CheckMateEngine[Any, Any]:
-    kwargs.setdefault("retry_policy", RetryPolicy.RETRY)
-    kwargs.setdefault("max_attempts", 3)
-    return CheckMateEngine(io, TASK, stages if stages is not None else make_stages(3, str(journal)), **kwargs)
-
-
-def make_stored_task(st: Store) -> None:
-    """Store task ``t``: s1 COMPLETE, s2 RETRY after one planned failure, s3 never started."""
-    fast = TaskIOFile(st.base, lease_seconds=LEASE_SECONDS, durable=False)
-    engine = engine_for(fast, st.journal, make_stages(3, str(st.journal), fail_first={"s2": 1}))
-    with engine, pytest.raises(TaskEngineException, match="auto-recovered"):
-        engine.execute()
-    assert files_under(st.base) == [f"{TASK}/s1.stage.json", f"{TASK}/s2.stage.json", f"{TASK}/task.json"]
-    assert starts(st.journal) == {"s1": 1, "s2": 1}
-
-
-def resume_and_finish(st: Store) -> None:
-    """The stored task resumes where it stopped and ends with the right result: nothing was lost."""
-    engine = engine_for(st.io, st.journal, make_stages(3, str(st.journal), fail_first={"s2": 1}))
-    with engine:
-        assert [s.state.status for s in engine.stages] == [S.COMPLETE, S.RETRY, S.CREATED]
-        engine.execute()
-        assert engine.status is S.COMPLETE
-        assert engine.task_result == expected_result(3)
-    assert starts(st.journal) == {"s1": 1, "s2": 2, "s3": 1}
-
-
-def stored_doc(st: Store, obj: str) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((st.base / TASK / obj).read_bytes())
-    return doc
-
-
-def no_temp_files(base: Path) -> bool:
-    return not [p for p in base.rglob("*") if p.name.endswith(".tmp")]
-
-
-class OtherStage(JournalStage):
-    """Same behaviour as JournalStage, another class: a different task definition."""
-
-
-class OtherState(BaseStageState[list[int]]):
-    """Another task's state class: it has a field CounterState does not know."""
-
-    values: list[int] = []
-    priority: int = 7
-
-
-class NeedsState(BaseStageState[int]):
-    source: int | None = None
-
-
-class NeedsStage(BaseStage[NeedsState]):
-    def execute_stage(self, previous_state_copy: NeedsState) -> None:
-        previous_state_copy.require("source")
-        self.state.result = previous_state_copy.source
+    return new_store(tmp_path)
 
 
 # ------------------------------------------------------------------------------- ids and stage names
 
-# (bad value, a word of the message that says what is wrong)
-BAD_NAMES: list[tuple[str, str]] = [
-    ("../x", "letters"),
-    ("../../x", "letters"),
-    ("../../../secret.txt", "letters"),
-    ("a/b", "letters"),
-    ("/abs", "letters"),
-    ("..", "'..'"),
-    (".", "start"),
-    (".hidden", "start"),
-    ("-x", "start"),
-    ("a..b", "'..'"),
-    ("", "empty"),
-    ("tâche", "letters"),
-    ("ταξ", "letters"),
-    ("a\x00b", "letters"),
-    ("a b", "letters"),
-    (" x", "letters"),
-    ("x\n", "letters"),
-    ("%2e%2e", "letters"),
-    ("%2e%2e%2fx", "letters"),
-    ("..\\x", "letters"),
-    ("a\\b", "letters"),
-]
-BAD_TASK_IDS = [*BAD_NAMES, ("x" * (TASK_ID_MAX_LENGTH + 1), str(TASK_ID_MAX_LENGTH))]
-BAD_STAGE_NAMES = [*BAD_NAMES, ("x" * (STAGE_NAME_MAX_LENGTH + 1), str(STAGE_NAME_MAX_LENGTH))]
 
-
-def _ids(cases: list[tuple[str, str]]) -> list[str]:
-    return [ascii(value[:12]) + (f"..len{len(value)}" if len(value) > 12 else "") for value, _ in cases]
-
-
-@pytest.mark.parametrize(("task_id", "word"), BAD_TASK_IDS, ids=_ids(BAD_TASK_IDS))
+@pytest.mark.parametrize(("task_id", "word"), hc.BAD_TASK_IDS, ids=hc.value_ids(hc.BAD_TASK_IDS))
 def test_bad_task_id_is_refused_before_any_storage_call(store: Store, task_id: str, word: str) -> None:
     make_stored_task(store)
     before = snapshot(store.root)
+    calls = hc.task_id_calls(store, task_id)
     with pytest.raises(TaskEngineException) as exc:
-        CheckMateEngine(store.io, task_id, make_stages(2, str(store.journal)))
+        calls["CheckMateEngine()"]()
     message = str(exc.value)
     assert "task id" in message
     assert repr(task_id[:80]) in message
     assert word in message
     with pytest.raises(TaskEngineException, match="task id"):
-        CheckMateEngine.request_cancel(store.io, task_id, "bad id")
+        calls["request_cancel()"]()
     assert store.io.calls == []
     assert snapshot(store.root) == before
     assert starts(store.journal) == {"s1": 1, "s2": 1}
 
 
-@pytest.mark.parametrize(("name", "word"), BAD_STAGE_NAMES, ids=_ids(BAD_STAGE_NAMES))
+@pytest.mark.parametrize(("name", "word"), hc.BAD_STAGE_NAMES, ids=hc.value_ids(hc.BAD_STAGE_NAMES))
 def test_bad_stage_name_is_refused_at_construction(name: str, word: str) -> None:
     with pytest.raises(ValidationError) as exc:
         JournalStage(stage_name=name, state=CounterState())
@@ -284,17 +111,12 @@ def test_bad_stage_name_is_refused_at_construction(name: str, word: str) -> None
         assert ("at least 1" if not name else f"at most {STAGE_NAME_MAX_LENGTH}") in message
 
 
-@pytest.mark.parametrize(("name", "word"), BAD_STAGE_NAMES, ids=_ids(BAD_STAGE_NAMES))
+@pytest.mark.parametrize(("name", "word"), hc.BAD_STAGE_NAMES, ids=hc.value_ids(hc.BAD_STAGE_NAMES))
 def test_bad_stage_name_reaching_the_engine_is_refused_at_bind(store: Store, name: str, word: str) -> None:
     """A name that slipped past pydantic (model_construct, or assigned later) is stopped by bind."""
     make_stored_task(store)
     before = snapshot(store.root)
-    stages = make_stages(3, str(store.journal))
-    constructed = JournalStage.model_construct(stage_name=name, state=CounterState(), journal_path=str(store.journal))
-    assigned = stages[2]
-    assigned.stage_name = name
-    for bad in ([stages[0], constructed], [stages[0], stages[1], assigned]):
-        engine = CheckMateEngine(store.io, TASK, bad, RetryPolicy.RETRY, 3)
+    for engine in hc.bind_engines(store, hc.stage_name_lists(store, name)):
         with pytest.raises(TaskEngineException) as exc:
             engine.bind()
         message = str(exc.value)
@@ -328,9 +150,7 @@ def test_longest_valid_task_id_and_stage_name_work(store: Store) -> None:
 def test_duplicate_stage_names_are_refused_at_bind(store: Store) -> None:
     make_stored_task(store)
     before = snapshot(store.root)
-    stages = make_stages(3, str(store.journal))
-    stages[2].stage_name = "s1"
-    engine = CheckMateEngine(store.io, TASK, stages, RetryPolicy.RETRY, 3)
+    engine = CheckMateEngine(store.io, TASK, hc.duplicate_names(store))
     with pytest.raises(TaskEngineException, match="unique") as exc:
         engine.bind()
     assert "s1" in str(exc.value)
@@ -378,9 +198,7 @@ def test_any_object_name_is_refused_or_stays_inside_the_base(store: Store, obj: 
 # --------------------------------------------------------------------------------------- storage URLs
 
 
-@pytest.mark.parametrize(
-    "url", ["hdfs://namenode/prefix", "webdav://bucket", "http://example.com/x", "ftp://host/x", "weird+file://x"]
-)
+@pytest.mark.parametrize("url", hc.UNKNOWN_URLS)
 def test_unknown_url_scheme_is_refused(store: Store, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(store.root)
     before = snapshot(store.root)
@@ -420,40 +238,11 @@ def test_storage_folder_that_is_a_file_is_refused(store: Store) -> None:
     assert snapshot(store.root) == before
 
 
-ESCAPING_OBJECT_NAMES = [
-    "a/../../etc/passwd",
-    f"{TASK}/../../../../secret.txt",
-    "../../../secret.txt",
-    "../x",
-    "..",
-    ".",
-    "a/./b",
-    "/abs",
-    "/etc/passwd",
-    "a//b",
-    "a/",
-    "",
-    "..\\..\\..\\secret.txt",
-    "a/\x00",
-    "%2e%2e/%2e%2e/secret.txt",
-    "tâche/x",
-]
-
-
-@pytest.mark.parametrize("obj", ESCAPING_OBJECT_NAMES, ids=[ascii(n) for n in ESCAPING_OBJECT_NAMES])
+@pytest.mark.parametrize("obj", hc.ESCAPING_OBJECT_NAMES, ids=[ascii(n) for n in hc.ESCAPING_OBJECT_NAMES])
 def test_taskiofile_refuses_object_names_that_could_escape(store: Store, obj: str) -> None:
     make_stored_task(store)
     before = snapshot(store.root)
-    operations: dict[str, Callable[[], object]] = {
-        "read": lambda: store.io.read(obj),
-        "write": lambda: store.io.write(obj, "overwritten"),
-        "exists": lambda: store.io.exists(obj),
-        "remove": lambda: store.io.remove(obj),
-        "build_url": lambda: store.io.build_url(obj),
-        "lease_read": lambda: store.io.lease_read(obj),
-        "lease_create": lambda: store.io.lease_create(obj, "{}"),
-        "lease_swap": lambda: store.io.lease_swap(obj, "x", None),
-    }
+    operations = hc.object_operations(store.io, obj)
     for operation, call in operations.items():
         with pytest.raises(TaskEngineException, match="invalid object name") as exc:
             call()
@@ -462,14 +251,14 @@ def test_taskiofile_refuses_object_names_that_could_escape(store: Store, obj: st
     assert (store.root / "secret.txt").read_text() == "outside the base\n"
 
 
-@pytest.mark.parametrize("prefix", ["../", "../x", "../../../", "a/../../", "/etc/", "t/../../", "./"])
+@pytest.mark.parametrize("prefix", hc.ESCAPING_PREFIXES)
 def test_list_refuses_prefixes_that_could_escape(store: Store, prefix: str) -> None:
     make_stored_task(store)
     with pytest.raises(TaskEngineException, match="invalid object name"):
         store.io.list(prefix)
 
 
-@pytest.mark.parametrize("prefix", ["/", "..", "...", "%2e%2e"])
+@pytest.mark.parametrize("prefix", hc.ODD_PREFIXES)
 def test_list_of_an_odd_prefix_never_looks_outside_the_base(store: Store, prefix: str) -> None:
     """Prefixes without a folder part are matched against names inside the base only."""
     make_stored_task(store)
@@ -480,40 +269,13 @@ def test_list_of_an_odd_prefix_never_looks_outside_the_base(store: Store, prefix
 # ------------------------------------------------------------------------- corrupt stored objects
 
 
-def _truncate(at: Callable[[int], int]) -> Callable[[bytes], bytes]:
-    return lambda raw: raw[: at(len(raw))]
-
-
-def _bad_utf8(raw: bytes) -> bytes:
-    cut = raw.index(b'":"') + 3  # inside the first string value: still JSON, no longer UTF-8
-    return raw[:cut] + b"\xff\xfe" + raw[cut:]
-
-
-CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
-    "empty": lambda raw: b"",
-    "truncated-1": _truncate(lambda n: 1),
-    "truncated-third": _truncate(lambda n: n // 3),
-    "truncated-half": _truncate(lambda n: n // 2),
-    "truncated-last-byte": _truncate(lambda n: n - 1),
-    "garbage": lambda raw: b"\x00\x01\x02garbage\xff\xfe\x80" * 10,
-    "invalid-utf8": _bad_utf8,
-    "nul-bytes": lambda raw: b"\x00" * len(raw),
-    "json-list": lambda raw: b"[]",
-    "json-list-of-object": lambda raw: b"[" + raw + b"]",
-    "json-string": lambda raw: b'"COMPLETE"',
-    "json-null": lambda raw: b"null",
-    "json-number": lambda raw: b"42",
-    "two-documents": lambda raw: raw + raw,
-}
-
-
-@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
-@pytest.mark.parametrize("obj", ["s1.stage.json", "s2.stage.json", "task.json"])
+@pytest.mark.parametrize("corruption", list(hc.CORRUPTIONS))
+@pytest.mark.parametrize("obj", hc.CORRUPTIBLE_OBJECTS)
 def test_corrupt_object_is_refused_by_name_and_left_in_place(store: Store, obj: str, corruption: str) -> None:
     make_stored_task(store)
     path = store.base / TASK / obj
-    original = path.read_bytes()
-    path.write_bytes(CORRUPTIONS[corruption](original))
+    corrupt = hc.CORRUPTIONS[corruption]
+    restore = hc.plant(store, obj, lambda _, raw: corrupt(raw))
     before = snapshot(store.root)
     engine = engine_for(store.io, store.journal)
     with pytest.raises(PersistenceDataNotFoundException) as exc:
@@ -524,22 +286,7 @@ def test_corrupt_object_is_refused_by_name_and_left_in_place(store: Store, obj: 
     assert not engine.bound
     assert snapshot(store.root) == before  # the object byte-identical, the lock released, nothing added
     assert starts(store.journal) == {"s1": 1, "s2": 1}
-    path.write_bytes(original)
-    resume_and_finish(store)
-
-
-def test_corrupt_lock_is_refused_by_name_and_left_in_place(store: Store) -> None:
-    make_stored_task(store)
-    lock = store.base / TASK / "task.lock"
-    lock.write_bytes(b'{"token": "trunc')
-    before = snapshot(store.root)
-    engine = engine_for(store.io, store.journal)
-    with pytest.raises(PersistenceDataNotFoundException) as exc:
-        engine.bind()
-    assert "task.lock" in str(exc.value)
-    assert "left in place" in str(exc.value)
-    assert snapshot(store.root) == before
-    lock.unlink()
+    restore()
     resume_and_finish(store)
 
 
@@ -553,54 +300,58 @@ def _bind_fails_and_changes_nothing(st: Store, exc_type: type[Exception] | tuple
     return str(exc.value)
 
 
+def _foreign(st: Store, case: str) -> tuple[Path, Callable[[], None]]:
+    """Store task ``t``, then put ``hc.FOREIGN_OBJECTS[case]`` in place: its path and how to undo it."""
+    make_stored_task(st)
+    obj, make = hc.FOREIGN_OBJECTS[case]
+    return st.base / TASK / obj, hc.plant(st, obj, make)
+
+
+def test_corrupt_lock_is_refused_by_name_and_left_in_place(store: Store) -> None:
+    _, restore = _foreign(store, "truncated-lock")
+    message = _bind_fails_and_changes_nothing(store, PersistenceDataNotFoundException)
+    assert "task.lock" in message
+    assert "left in place" in message
+    restore()
+    resume_and_finish(store)
+
+
 def test_stage_object_written_by_another_state_class_is_refused(store: Store) -> None:
-    make_stored_task(store)
-    path = store.base / TASK / "s1.stage.json"
-    original = path.read_bytes()
-    foreign = OtherState.model_validate({**json.loads(original), "priority": 3})
-    path.write_text(foreign.model_dump_json())
+    path, restore = _foreign(store, "other-state-class")
     message = _bind_fails_and_changes_nothing(store, PersistenceDataNotFoundException)
     assert str(path) in message
     assert "priority" in message
     assert "CounterState" in message
-    path.write_bytes(original)
+    restore()
     resume_and_finish(store)
 
 
 def test_stage_object_holding_another_stage_is_refused(store: Store) -> None:
-    make_stored_task(store)
-    s1, s2 = store.base / TASK / "s1.stage.json", store.base / TASK / "s2.stage.json"
-    original = s1.read_bytes()
-    s1.write_bytes(s2.read_bytes())
+    s1, restore = _foreign(store, "other-stage")
+    assert s1.read_bytes() == (store.base / TASK / "s2.stage.json").read_bytes()
     message = _bind_fails_and_changes_nothing(store, PersistenceDataNotFoundException)
     assert str(s1) in message
     assert "'s2'" in message
     assert "'s1'" in message
-    s1.write_bytes(original)
+    restore()
     resume_and_finish(store)
 
 
 def test_stage_object_of_an_unbound_stage_is_refused(store: Store) -> None:
     """``{}`` parses as CounterState defaults (no name, UNBOUND): that is not a stored stage."""
-    make_stored_task(store)
-    path = store.base / TASK / "s2.stage.json"
-    original = path.read_bytes()
-    path.write_bytes(b"{}")
+    path, restore = _foreign(store, "unbound-stage")
     message = _bind_fails_and_changes_nothing(store, PersistenceDataNotFoundException)
     assert str(path) in message
-    path.write_bytes(original)
+    restore()
     resume_and_finish(store)
 
 
 def test_task_object_with_an_unknown_field_is_refused(store: Store) -> None:
-    make_stored_task(store)
-    path = store.base / TASK / "task.json"
-    original = path.read_bytes()
-    path.write_text(json.dumps({**json.loads(original), "storage_layout": "v2"}))
+    path, restore = _foreign(store, "unknown-field")
     message = _bind_fails_and_changes_nothing(store, PersistenceDataNotFoundException)
     assert str(path) in message
     assert "storage_layout" in message
-    path.write_bytes(original)
+    restore()
     resume_and_finish(store)
 
 
@@ -610,55 +361,36 @@ def test_task_object_of_another_schema_version_is_refused(store: Store) -> None:
     The model's own docstring: "an object of another schema is never silently read". Either exception
     is acceptable as long as it names the object's schema version.
     """
-    make_stored_task(store)
-    path = store.base / TASK / "task.json"
-    original = path.read_bytes()
-    assert json.loads(original)["schema_version"] == 1
-    path.write_text(json.dumps({**json.loads(original), "schema_version": 2}))
+    path, restore = _foreign(store, "schema-version-2")
+    assert json.loads(path.read_bytes())["schema_version"] == 2
     message = _bind_fails_and_changes_nothing(store, (PersistenceDataNotFoundException, TaskEngineException))
     assert "schema" in message
     assert "task.json" in message
-    path.write_bytes(original)
+    restore()
+    assert json.loads(path.read_bytes())["schema_version"] == 1
     resume_and_finish(store)
 
 
 def test_task_object_of_another_task_is_refused(store: Store) -> None:
-    make_stored_task(store)
-    path = store.base / TASK / "task.json"
-    original = path.read_bytes()
-    path.write_text(json.dumps({**json.loads(original), "task_id": "other-task"}))
+    _, restore = _foreign(store, "other-task")
     message = _bind_fails_and_changes_nothing(store, (PersistenceDataNotFoundException, TaskEngineException))
     assert repr(TASK) in message
-    path.write_bytes(original)
+    restore()
     resume_and_finish(store)
 
 
 def test_stored_stage_sequence_that_cannot_happen_is_refused(store: Store) -> None:
     """s3 stored COMPLETE while s2 is RETRY: each object parses, the sequence is impossible."""
-    make_stored_task(store)
-    s3 = store.base / TASK / "s3.stage.json"
-    s3.write_text(json.dumps({**stored_doc(store, "s1.stage.json"), "stage_name": "s3"}))
+    s3, restore = _foreign(store, "impossible-sequence")
+    assert stored_doc(store, "s3.stage.json")["status"] == "COMPLETE"
     message = _bind_fails_and_changes_nothing(store, TaskEngineException)
     assert "s3" in message
-    s3.unlink()
+    restore()
+    assert not s3.exists()
     resume_and_finish(store)
 
 
 # ----------------------------------------------------------------------------- changed definition
-
-
-def _stage(name: str, cls: type[JournalStage], journal: Path) -> JournalStage:
-    return cls(stage_name=name, state=CounterState(), journal_path=str(journal))
-
-
-CHANGED_DEFINITIONS: dict[str, list[tuple[str, type[JournalStage]]]] = {
-    "renamed": [("s1", JournalStage), ("s2", JournalStage), ("s3-renamed", JournalStage)],
-    "extra": [("s1", JournalStage), ("s2", JournalStage), ("s3", JournalStage), ("s4", JournalStage)],
-    "removed": [("s1", JournalStage), ("s2", JournalStage)],
-    "removed-first": [("s2", JournalStage), ("s3", JournalStage)],
-    "reordered": [("s2", JournalStage), ("s1", JournalStage), ("s3", JournalStage)],
-    "other-class": [("s1", JournalStage), ("s2", OtherStage), ("s3", JournalStage)],
-}
 
 
 def _in_order(message: str, tokens: list[str]) -> bool:
@@ -671,12 +403,12 @@ def _in_order(message: str, tokens: list[str]) -> bool:
     return True
 
 
-@pytest.mark.parametrize("change", list(CHANGED_DEFINITIONS))
+@pytest.mark.parametrize("change", list(hc.CHANGED_DEFINITIONS))
 def test_changed_stage_list_is_refused_showing_both_definitions(store: Store, change: str) -> None:
     make_stored_task(store)
     before = snapshot(store.root)
-    definition = CHANGED_DEFINITIONS[change]
-    engine = engine_for(store.io, store.journal, [_stage(n, c, store.journal) for n, c in definition])
+    definition = hc.CHANGED_DEFINITIONS[change]
+    engine = hc.changed_engine(store, change)
     with pytest.raises(TaskEngineException) as exc:
         engine.bind()
     message = str(exc.value)
@@ -816,47 +548,19 @@ def test_full_disk_at_bind_of_a_new_task(store: Store, target: Callable[[dict[st
 # --------------------------------------------------------------------------- constructor arguments
 
 
-def _engine_with(io: TaskIO, **kwargs: Any) -> CheckMateEngine[Any, Any]:
-    kwargs.setdefault("stage_templates", make_stages(2))
-    return CheckMateEngine(io, TASK, **kwargs)
-
-
-def _used_template() -> list[JournalStage]:
-    stages = make_stages(2)
-    stages[1].state.status = S.COMPLETE
-    stages[1].state.attempts = 1
-    return stages
-
-
-BAD_CONSTRUCTOR_ARGS: dict[str, tuple[dict[str, Any], list[str]]] = {
-    "none-policy-3-attempts": ({"retry_policy": RetryPolicy.NONE, "max_attempts": 3}, ["RetryPolicy.NONE", "RETRY"]),
-    "zero-attempts": ({"retry_policy": RetryPolicy.RETRY, "max_attempts": 0}, ["max_attempts", "at least 1"]),
-    "negative-attempts": ({"retry_policy": RetryPolicy.RETRY, "max_attempts": -1}, ["max_attempts"]),
-    "float-attempts": ({"retry_policy": RetryPolicy.RETRY, "max_attempts": 2.5}, ["max_attempts", "int"]),
-    "bool-attempts": ({"max_attempts": True}, ["max_attempts", "int"]),
-    "policy-as-string": ({"retry_policy": "RETRY", "max_attempts": 2}, ["retry_policy", "RetryPolicy"]),
-    "no-templates-list": ({"stage_templates": []}, ["at least one stage"]),
-    "no-templates-none": ({"stage_templates": None}, ["at least one stage"]),
-    "not-a-stage": ({"stage_templates": [object()]}, ["BaseStage"]),
-    "a-stage-class-not-instance": ({"stage_templates": [JournalStage]}, ["BaseStage"]),
-    "template-with-run-state": ({"stage_templates": _used_template()}, ["'s2'", "fresh template"]),
-    "negative-lock-timeout": ({"bind_lock_timeout": -1.0}, ["bind_lock_timeout", "-1.0"]),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_CONSTRUCTOR_ARGS))
+@pytest.mark.parametrize("case", list(hc.BAD_CONSTRUCTOR_ARGS))
 def test_bad_constructor_arguments_are_refused(store: Store, case: str) -> None:
-    kwargs, words = BAD_CONSTRUCTOR_ARGS[case]
+    kwargs, words = hc.BAD_CONSTRUCTOR_ARGS[case]
     before = snapshot(store.root)
     with pytest.raises(TaskEngineException) as exc:
-        _engine_with(store.io, **kwargs)
+        hc.engine_with(store.io, **kwargs)
     for word in words:
         assert word in str(exc.value)
     assert store.io.calls == []
     assert snapshot(store.root) == before
 
 
-@pytest.mark.parametrize("io", [None, "/tmp/store", object()], ids=["None", "path-string", "object"])
+@pytest.mark.parametrize("io", list(hc.BAD_IOS.values()), ids=list(hc.BAD_IOS))
 def test_io_that_is_not_a_taskio_is_refused(io: Any) -> None:
     with pytest.raises(TaskEngineException, match=r"io must be a TaskIO .*from_base_url"):
         CheckMateEngine(io, TASK, make_stages(2))
@@ -868,16 +572,16 @@ def test_non_string_task_id_is_refused(store: Store) -> None:
 
 
 def test_bad_lease_seconds_is_refused(store: Store) -> None:
-    for lease in (0, -5.0):
+    for lease in hc.BAD_LEASE_SECONDS:
         with pytest.raises(TaskEngineException, match="lease_seconds must be positive"):
             TaskIOFile(store.base, lease_seconds=lease)
 
 
 def test_unknown_timezone_is_refused_at_construction() -> None:
     with pytest.raises(ValidationError) as exc:
-        JournalStage(stage_name="s1", state=CounterState(), timezone="Mars/Olympus")
+        JournalStage(stage_name="s1", state=CounterState(), timezone=hc.BAD_TIMEZONE)
     assert "timezone" in str(exc.value)
-    assert "'Mars/Olympus'" in str(exc.value)
+    assert f"'{hc.BAD_TIMEZONE}'" in str(exc.value)
     assert "UTC" in str(exc.value)  # what to use instead
 
 
@@ -957,3 +661,42 @@ def test_stored_files_are_private_whatever_the_umask(store: Store) -> None:
         f"{TASK}/s2.stage.json": 0o600,
         f"{TASK}/s3.stage.json": 0o600,
     }
+
+
+# --------------------------------------------------------------------------- the campaign itself
+
+
+def test_hostile_campaign_finds_no_violation(tmp_path: Path) -> None:
+    """Every case of the catalogue, through the campaign's own checks (exception type, storage unchanged, resume)."""
+    cases = catalogue()
+    assert len(cases) > 170
+    report = hostile.run(cases, tmp_path)
+    assert report.violations == [], report.render()
+    assert len(report.rows) == len(cases)
+
+
+def test_hostile_campaign_can_fail(tmp_path: Path) -> None:
+    """The campaign's checks can fail: an accepted input, a wrong type, a refusal that changed storage."""
+
+    def litter(st: Store) -> None:
+        (st.base / TASK / "litter.json").write_text("{}")
+        raise TaskEngineException("refused, but after writing")
+
+    def corrupt(st: Store) -> None:
+        (st.base / TASK / "s1.stage.json").write_bytes(b"{")
+        raise TaskEngineException("refused, but after corrupting s1")
+
+    cases = [
+        HostileCase("self-check", "accepted", lambda st: None, (TaskEngineException,), stored=False),
+        HostileCase("self-check", "litters", litter, (TaskEngineException,)),
+        HostileCase("self-check", "wrong type", lambda st: {}["x"], (TaskEngineException,), stored=False),
+        HostileCase("self-check", "corrupts", corrupt, (TaskEngineException,)),
+    ]
+    report = hostile.run(cases, tmp_path)
+    found = report.violations
+    assert len(found) == 5, report.render()
+    assert "accepted, no exception" in found[0]
+    assert "litter.json" in found[1]
+    assert "KeyError" in found[2]
+    assert "s1.stage.json" in found[3]
+    assert "did not resume" in found[4]
