@@ -10,8 +10,8 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,10 @@ from airflow_checkmate.checkmate.names import validate_obj_name
 
 _TMP_SUFFIX = ".tmp"
 _GUARD_WAIT_SECONDS = 60.0
+#: Validated object paths kept per instance: a checkpoint touches the same few names many times.
+_PATH_CACHE_SIZE = 4096
+#: The errors ``Path.is_file`` reads as "not a file" (pathlib's _IGNORED_ERRNOS); others raise.
+_NOT_THERE_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
 
 
 class TaskIOFile(TaskIO):
@@ -48,29 +52,46 @@ class TaskIOFile(TaskIO):
         self.base = Path(path).expanduser().resolve()
         super().__init__(f"file://{self.base}", lease_seconds=lease_seconds)
         self.durable = durable
+        self._paths: dict[str, str] = {}
         try:
             self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise TaskIOException(f"cannot create the CheckMate storage folder {self.base}: {exc}") from exc
 
     def _path(self, obj_name: str) -> Path:
-        return self.base.joinpath(*validate_obj_name(obj_name))
+        return Path(self._str_path(obj_name))
+
+    def _str_path(self, obj_name: str) -> str:
+        """The object's validated path as a str, cached (validation and pathlib cost more than the I/O)."""
+        path = self._paths.get(obj_name)
+        if path is None:
+            path = os.path.join(self.base, *validate_obj_name(obj_name))
+            if len(self._paths) >= _PATH_CACHE_SIZE:
+                self._paths.clear()
+            self._paths[obj_name] = path
+        return path
 
     def build_url(self, obj_name: str) -> str:
         """Return the filesystem path of an object."""
         return str(self._path(obj_name))
 
     def read_bytes(self, obj_name: str) -> bytes:
-        path = self._path(obj_name)
+        path = self._str_path(obj_name)
         try:
-            return path.read_bytes()
+            with open(path, "rb") as f:
+                return f.read()
         except FileNotFoundError:
             raise PersistenceDataNotFoundException(f"stored object {path} does not exist") from None
         except OSError as exc:
             raise PersistenceDataNotFoundException(f"cannot read stored object {path}: {exc}") from exc
 
     def exists(self, obj_name: str) -> bool:
-        return self._path(obj_name).is_file()
+        try:
+            return stat.S_ISREG(os.stat(self._str_path(obj_name)).st_mode)
+        except OSError as exc:
+            if exc.errno in _NOT_THERE_ERRNOS:
+                return False
+            raise
 
     def list(self, prefix: str) -> list[str]:
         """Names of stored objects starting with ``prefix`` (temporary files are never listed)."""
@@ -86,7 +107,7 @@ class TaskIOFile(TaskIO):
 
     def write(self, obj_name: str, data: str | bytes, *, fence: Fence | None = None) -> None:
         """Replace an object atomically, checking the fence (if given) atomically with the rename."""
-        path = self._path(obj_name)
+        path = self._str_path(obj_name)
         payload = data.encode("utf-8") if isinstance(data, str) else data
         self._atomic_write(path, payload, fence=fence)
 
@@ -107,7 +128,8 @@ class TaskIOFile(TaskIO):
 
     def lease_read(self, lock_name: str) -> str | None:
         try:
-            return self._path(lock_name).read_text("utf-8")
+            with open(self._str_path(lock_name), "rb") as f:
+                return f.read().decode("utf-8")  # checked before every fenced write: no text-mode layer
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError) as exc:
@@ -120,10 +142,12 @@ class TaskIOFile(TaskIO):
                 with self._guard(path.parent, exclusive=True, create=True):
                     if path.exists():
                         return False
-                    self._atomic_write(path, data.encode("utf-8"))
+                    self._atomic_write(str(path), data.encode("utf-8"))
                     return True
             except FileNotFoundError:
                 continue  # the folder was removed by a concurrent cleanup: make it again
+            except OSError as exc:  # its folder could not be made or locked (full disk, I/O error)
+                raise TaskIOException(f"cannot create lease {path}: {exc}; nothing was changed") from exc
         raise TaskIOException(f"cannot create lease {path}: its folder keeps disappearing")
 
     def lease_swap(self, lock_name: str, expected: str, new: str | None) -> bool:
@@ -135,10 +159,12 @@ class TaskIOFile(TaskIO):
                 if new is None:
                     path.unlink()
                 else:
-                    self._atomic_write(path, new.encode("utf-8"), durable=False)
+                    self._atomic_write(str(path), new.encode("utf-8"), durable=False)
                 return True
         except FileNotFoundError:
             return False
+        except OSError as exc:  # removing the lease failed (an I/O error): it is still held, unchanged
+            raise TaskIOException(f"cannot change lease {path}: {exc}; the lease is unchanged") from exc
 
     def prune(self, prefix: str) -> None:
         """Remove temporary files left by crashed writers and the task's folder, if no lease exists."""
@@ -165,36 +191,40 @@ class TaskIOFile(TaskIO):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
-            deadline = time.monotonic() + _GUARD_WAIT_SECONDS
-            delay = 0.0005
-            while True:
-                try:
-                    fcntl.flock(fd, mode)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise BindException(
-                            f"storage folder {folder} stayed locked for {_GUARD_WAIT_SECONDS:.0f} s by "
-                            "another process (stopped or hung?); try again later"
-                        ) from None
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.02)
+            self._flock(fd, folder, exclusive)
             yield
         finally:
             os.close(fd)
 
+    @staticmethod
+    def _flock(fd: int, folder: Path | str, exclusive: bool) -> None:
+        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        deadline = time.monotonic() + _GUARD_WAIT_SECONDS
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, mode)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise BindException(
+                        f"storage folder {folder} stayed locked for {_GUARD_WAIT_SECONDS:.0f} s by "
+                        "another process (stopped or hung?); try again later"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
+
     def _atomic_write(
-        self, path: Path, payload: bytes, *, fence: Fence | None = None, durable: bool | None = None
+        self, path: str, payload: bytes, *, fence: Fence | None = None, durable: bool | None = None
     ) -> None:
         durable = self.durable if durable is None else durable
-        folder = path.parent
-        tmp = folder / f".{path.name}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}"
+        folder, name = os.path.split(path)
+        tmp = os.path.join(folder, f".{name}.{os.urandom(6).hex()}{_TMP_SUFFIX}")
         try:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:
-                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+                Path(folder).mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 self._write_all(fd, payload)
@@ -204,15 +234,26 @@ class TaskIOFile(TaskIO):
                 os.close(fd)
             if fence is None:
                 os.replace(tmp, path)
+                if durable:
+                    self._sync_renamed(path, folder)
             else:
-                with self._guard(folder, exclusive=False):
-                    self.check_fence(fence)
-                    os.replace(tmp, path)
-            if durable:
-                self._fsync_folder(folder)
+                # One descriptor of the folder serves the fence's flock and then the folder's fsync (an
+                # open less per checkpoint); the lock is dropped before the fsync, as the guard did.
+                dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    self._flock(dir_fd, folder, exclusive=False)
+                    try:
+                        self.check_fence(fence)
+                        os.replace(tmp, path)
+                    finally:
+                        fcntl.flock(dir_fd, fcntl.LOCK_UN)
+                    if durable:
+                        self._sync_renamed(path, dir_fd)
+                finally:
+                    os.close(dir_fd)
         except BaseException as exc:
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                os.unlink(tmp)
             if isinstance(exc, OSError):
                 raise TaskIOException(
                     f"cannot write stored object {path}: {exc}; its previous version is unchanged"
@@ -225,8 +266,21 @@ class TaskIOFile(TaskIO):
             written = os.write(fd, view)
             view = view[written:]
 
+    def _sync_renamed(self, path: str, folder: str | int) -> None:
+        """fsync the folder (a path, or an open descriptor of it) after ``path`` was renamed into it."""
+        try:
+            if isinstance(folder, int):
+                os.fsync(folder)
+            else:
+                self._fsync_folder(folder)
+        except OSError as exc:  # past the rename: the new version is what readers see now
+            raise TaskIOException(
+                f"stored object {path} was replaced, but syncing its folder failed: {exc}; the new "
+                "version is in place but may not survive a power loss"
+            ) from exc
+
     @staticmethod
-    def _fsync_folder(folder: Path) -> None:
+    def _fsync_folder(folder: Path | str) -> None:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(fd)

@@ -1,0 +1,157 @@
+"""Faults injected at the OS boundary of the file backend: ``os.write``, ``os.fsync``, ``os.replace``, ``os.unlink``.
+
+The real functions are wrapped for the duration of one run; a call fails only if it touches the store
+folder, so the rest of the process (logging, the campaign's own files) is unaffected. The engine and
+TaskIOFile run unmodified: they see exactly what a full disk or a failing device would return.
+
+A fault names an object (``s2.stage.json``) and which write of it to hit (1 = the first, e.g. the
+RUNNING checkpoint of a stage; 2 = the COMPLETE one). Each atomic write uses its own temp file
+(``.<name>.<random>.tmp``), so writes are told apart by their temp file; the folder fsync that follows
+a rename belongs to the object just renamed. When the fault fires, the store is snapshotted first: that
+is "everything stored before the fault", checked again after the run and after the resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: kind -> (the call it hits, the errno it raises). ``slow-fsync`` raises nothing: it sleeps.
+KINDS: dict[str, tuple[str, int]] = {
+    "enospc-write": ("write", errno.ENOSPC),
+    "half-write": ("write", errno.EIO),
+    "eio-fsync": ("fsync", errno.EIO),
+    "eio-replace": ("replace", errno.EIO),
+    "eio-dirsync": ("dirsync", errno.EIO),
+    "eio-unlink": ("unlink", errno.EIO),
+    "slow-fsync": ("fsync", 0),
+    "real-enospc": ("observe", errno.ENOSPC),  # a real full filesystem: only watched, never faked
+}
+
+
+@dataclass
+class Fault:
+    """One fault: ``kind`` on the ``occurrence``-th write (or unlink) of object ``target`` (a basename)."""
+
+    kind: str
+    target: str = ""
+    occurrence: int = 1
+    seed: int = 0
+    fired: int = 0
+    snapshot: dict[str, bytes] | None = None  # the store when the fault fired
+    _ordinals: dict[str, int] = field(default_factory=dict)
+    _renamed: threading.local = field(default_factory=threading.local)
+
+
+def snapshot(base: Path) -> dict[str, bytes]:
+    """Every stored object under ``base`` (relative name -> bytes); temp files are listed as such."""
+    out: dict[str, bytes] = {}
+    for path in sorted(base.rglob("*")):
+        if path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                out[path.relative_to(base).as_posix()] = path.read_bytes()
+    return out
+
+
+def temp_files(objects: dict[str, bytes]) -> list[str]:
+    return [n for n in objects if n.endswith(".tmp")]
+
+
+def stored(objects: dict[str, bytes]) -> dict[str, bytes]:
+    return {n: b for n, b in objects.items() if not n.endswith(".tmp")}
+
+
+@contextlib.contextmanager
+def injected(fault: Fault, base: Path) -> Iterator[Fault]:
+    """Wrap the os functions TaskIOFile calls so that ``fault`` hits the store under ``base``."""
+    real = {name: getattr(os, name) for name in ("write", "fsync", "replace", "unlink")}
+    call, code = KINDS[fault.kind]
+    rng = random.Random(fault.seed)
+    root = str(base.resolve()) + os.sep
+    armed = threading.Lock()
+
+    def fd_path(fd: int) -> str:
+        try:
+            return str(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            return ""
+
+    def ordinal(tmp_path: str) -> int:
+        """Which write of its object a temp file is (1, 2, ...), or 0 if it is not ``fault.target``'s."""
+        name = os.path.basename(tmp_path)
+        if not (name.startswith(f".{fault.target}.") and name.endswith(".tmp")):
+            return 0
+        return fault._ordinals.setdefault(tmp_path, len(fault._ordinals) + 1)
+
+    def fire(target_matches: bool) -> bool:
+        if not target_matches:
+            return False
+        with armed:
+            if fault.fired:
+                return False
+            fault.fired += 1
+        if fault.snapshot is None:
+            fault.snapshot = stored(snapshot(base))
+        return True
+
+    def error() -> OSError:
+        return OSError(code, os.strerror(code))
+
+    def write(fd: int, data: Any) -> int:
+        path = fd_path(fd)
+        if call == "write" and path.startswith(root) and fire(ordinal(path) == fault.occurrence):
+            if fault.kind == "half-write":
+                real["write"](fd, bytes(data)[: len(data) // 2])
+            raise error()
+        try:
+            return int(real["write"](fd, data))
+        except OSError as exc:
+            if call == "observe" and exc.errno == code and path.startswith(root):
+                fire(True)
+            raise
+
+    def fsync(fd: int) -> None:
+        path = fd_path(fd)
+        if path.startswith(root) or path == root.rstrip(os.sep):
+            if fault.kind == "slow-fsync":
+                fault.fired += 1
+                time.sleep(rng.uniform(0.05, 0.2))
+            elif call == "fsync" or (call == "dirsync" and os.path.isdir(path)):
+                # a temp file's fsync is told by its name; a folder's by the rename it follows
+                which = ordinal(path) if call == "fsync" else getattr(fault._renamed, "ordinal", 0)
+                if fire(which == fault.occurrence):
+                    raise error()
+        real["fsync"](fd)
+
+    def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        source = os.fspath(src)
+        if source.startswith(root):
+            fault._renamed.ordinal = ordinal(source)
+            if call == "dirsync" and fault._renamed.ordinal == fault.occurrence and fault.snapshot is None:
+                fault.snapshot = stored(snapshot(base))  # the fault hits after this rename: "before" is now
+            if call == "replace" and fire(fault._renamed.ordinal == fault.occurrence):
+                raise error()
+        real["replace"](src, dst, *args, **kwargs)
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        target = os.fspath(path)
+        if call == "unlink" and target.startswith(root) and fire(os.path.basename(target) == fault.target):
+            raise error()
+        real["unlink"](path, *args, **kwargs)
+
+    wrappers: dict[str, Callable[..., Any]] = {"write": write, "fsync": fsync, "replace": replace, "unlink": unlink}
+    for name, wrapper in wrappers.items():
+        setattr(os, name, wrapper)
+    try:
+        yield fault
+    finally:
+        for name, function in real.items():
+            setattr(os, name, function)
