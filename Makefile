@@ -51,6 +51,8 @@ bench: $(VENV)/.installed-bench
 	CHECKMATE_BENCH_POSTGRES_URL="$${CHECKMATE_BENCH_POSTGRES_URL-$${CHECKMATE_TEST_POSTGRES_URL-}}" \
 		$(BIN)/python -m bench.backends
 	$(BIN)/python -m bench.overhead --stages 10 100 1000 10000
+	$(BIN)/python -m bench.resume
+	$(BIN)/python -m bench.large_state
 	$(BIN)/python -m bench.airflow_chain
 
 # Reliability campaigns at full size (a seeded subset of each runs in `make test`); PostgreSQL as in .ci/run.
