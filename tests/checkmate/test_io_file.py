@@ -1,8 +1,11 @@
 """TaskIOFile and the TaskIO factory: atomic whole-object writes, listing by prefix, lease primitives."""
 
+import contextlib
+import errno
 import json
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from airflow_checkmate.checkmate import (
     PersistenceDataNotFoundException,
     TaskEngineException,
     TaskIO,
+    TaskIOException,
     TaskIOFile,
 )
 
@@ -120,3 +124,71 @@ def test_prune_removes_temp_leftovers_and_empty_folder_but_not_a_locked_one(io: 
     io.lease_create("held/task.lock", "{}")
     io.prune("held/")
     assert (base / "held" / "task.lock").exists()
+
+
+@contextlib.contextmanager
+def fsynced_paths() -> Iterator[list[str]]:
+    """Record the path of every descriptor ``os.fsync`` is called on (the real fsync still runs)."""
+    seen: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    os.fsync = spy  # type: ignore[assignment]
+    try:
+        yield seen
+    finally:
+        os.fsync = real
+
+
+def test_a_new_task_folder_is_fsynced_into_its_parent(tmp_path: Path) -> None:
+    """Checkpoints fsynced inside a folder whose own entry never reached disk vanish with it on power loss."""
+    base = tmp_path / "deep" / "store"
+    with fsynced_paths() as seen:
+        io = TaskIOFile(base)
+    assert str(tmp_path) in seen and str(tmp_path / "deep") in seen  # both new folders' entries
+    with fsynced_paths() as seen:
+        io.lease_create("t1/task.lock", '{"token": "a"}')
+    assert str(base) in seen, "the new task folder's entry in the base folder was not fsynced"
+    with fsynced_paths() as seen:
+        io.write("t1/task.json", "{}")
+    assert str(base) not in seen, "an existing task folder's parent is fsynced again on every write"
+    with fsynced_paths() as seen:
+        TaskIOFile(tmp_path / "fast", durable=False).write("t2/task.json", "{}")
+    assert seen == []
+
+
+def test_lease_renewal_and_takeover_are_durable(io: TaskIOFile, base: Path) -> None:
+    """A torn lease after a crash would need a manual unlock: every lease write is fsynced, file and folder."""
+    assert io.lease_create("t1/task.lock", "one")
+    with fsynced_paths() as seen:
+        assert io.lease_swap("t1/task.lock", "one", "two")
+    assert str(base / "t1") in seen, "the lease's folder was not fsynced after the rename"
+    assert any(os.path.basename(p).startswith(".task.lock.") for p in seen), "the new lease was not fsynced"
+    assert io.lease_read("t1/task.lock") == "two"
+
+
+def test_lease_create_failing_past_the_rename_leaves_no_lease(io: TaskIOFile, base: Path) -> None:
+    """If the folder fsync after the lease's rename fails, bind fails and the lease is taken back, so a retry in
+    the same process does not wait out a lease its own pid holds."""
+    real = os.fsync
+    calls = {"dir": 0}
+
+    def failing(fd: int) -> None:
+        if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
+            calls["dir"] += 1
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    (base / "t1").mkdir()
+    os.fsync = failing  # type: ignore[assignment]
+    try:
+        with pytest.raises(TaskIOException, match="was replaced, but syncing its folder failed"):
+            io.lease_create("t1/task.lock", "one")
+    finally:
+        os.fsync = real
+    assert calls["dir"] == 1
+    assert io.lease_read("t1/task.lock") is None
+    assert io.lease_create("t1/task.lock", "two") and io.lease_read("t1/task.lock") == "two"

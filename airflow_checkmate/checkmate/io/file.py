@@ -54,7 +54,7 @@ class TaskIOFile(TaskIO):
         self.durable = durable
         self._paths: dict[str, str] = {}
         try:
-            self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._make_folder(self.base)
         except OSError as exc:
             raise TaskIOException(f"cannot create the CheckMate storage folder {self.base}: {exc}") from exc
 
@@ -142,7 +142,14 @@ class TaskIOFile(TaskIO):
                 with self._guard(path.parent, exclusive=True, create=True):
                     if path.exists():
                         return False
-                    self._atomic_write(str(path), data.encode("utf-8"))
+                    try:
+                        self._atomic_write(str(path), data.encode("utf-8"))
+                    except TaskIOException:
+                        # A failure past the rename (the folder's fsync) left this lease in place, held by
+                        # a live pid: take it back, or this very process would wait out the whole lease.
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+                        raise
                     return True
             except FileNotFoundError:
                 continue  # the folder was removed by a concurrent cleanup: make it again
@@ -159,7 +166,9 @@ class TaskIOFile(TaskIO):
                 if new is None:
                     path.unlink()
                 else:
-                    self._atomic_write(str(path), new.encode("utf-8"), durable=False)
+                    # Durable like every lease write: a renewal or takeover torn by a power loss would
+                    # leave a lease nobody can parse, which only a manual unlock clears.
+                    self._atomic_write(str(path), new.encode("utf-8"))
                 return True
         except FileNotFoundError:
             return False
@@ -188,13 +197,28 @@ class TaskIOFile(TaskIO):
     def _guard(self, folder: Path, *, exclusive: bool, create: bool = False) -> Iterator[None]:
         """Hold flock on ``folder``; waits (polling) so a stopped holder cannot block forever."""
         if create:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._make_folder(folder)
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             self._flock(fd, folder, exclusive)
             yield
         finally:
             os.close(fd)
+
+    def _make_folder(self, folder: Path) -> None:
+        """Create ``folder`` and its missing parents. When durable, fsync the parent of each one made: the
+        checkpoints fsynced inside a new task folder are lost with it if its own entry never reached disk."""
+        missing = []
+        current = folder
+        while not current.is_dir() and current.parent != current:
+            missing.append(current)
+            current = current.parent
+        if not missing:
+            return
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.durable:
+            for made in reversed(missing):
+                self._fsync_folder(made.parent)
 
     @staticmethod
     def _flock(fd: int, folder: Path | str, exclusive: bool) -> None:
@@ -224,7 +248,7 @@ class TaskIOFile(TaskIO):
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:
-                Path(folder).mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._make_folder(Path(folder))
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 self._write_all(fd, payload)
