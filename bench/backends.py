@@ -5,7 +5,8 @@ medians reported), so each figure is measured under the same machine load as the
 
 - file: local files, durable (fsync of every checkpoint), as users run it;
 - sqlite: the database backend on a SQLite file (WAL, synchronous=FULL);
-- postgresql: the database backend on CHECKMATE_BENCH_POSTGRES_URL (skipped when unset);
+- postgresql: the database backend in a fresh database on the CHECKMATE_BENCH_POSTGRES_URL server (skipped
+  when unset);
 - s3: object storage on a local S3 API server (moto, started here on loopback); network and server
   cost included, so it is an upper bound on the engine's share and a lower bound on real S3's latency.
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_checkmate.checkmate import BaseStage, BaseStageState, CheckMateEngine, TaskIO
+from reliability.pg import fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         postgres = os.environ.get("CHECKMATE_BENCH_POSTGRES_URL")
         if postgres:
-            backends["postgresql"] = lambda: TaskIO.from_base_url(postgres)
+            # A database of its own on that server, dropped at the end: the server is left as it was found.
+            database = stack.enter_context(fresh_database(postgres, prefix="checkmate_bench"))
+            backends["postgresql"] = lambda: TaskIO.from_base_url(database)
         if not args.no_s3:
             url, conn_id = stack.enter_context(s3_server())
             backends["s3 (local moto)"] = lambda: TaskIO.from_base_url(url, conn_id=conn_id)
