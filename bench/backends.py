@@ -15,26 +15,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from airflow_checkmate.checkmate import BaseStage, BaseStageState, CheckMateEngine, TaskIO
 from reliability.pg import fresh_database
+from tests.helpers.s3_server import running_s3_server, s3_client
 
-ROOT = Path(__file__).resolve().parent.parent
+S3_CONN_ID = "checkmate_bench_s3"
 
 
 class Noop(BaseStage[BaseStageState[Any]]):
@@ -60,43 +55,9 @@ def run_task(io: TaskIO, stages: int) -> float:
 @contextlib.contextmanager
 def s3_server() -> Iterator[tuple[str, str]]:
     """A moto S3 server on a free loopback port; yields (s3 URL of a fresh bucket, Airflow conn id)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.helpers.s3_server", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).close()
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                time.sleep(0.1)
-        conn = {"conn_type": "aws", "login": "bench", "password": "bench"}
-        conn["extra"] = {"endpoint_url": endpoint, "region_name": "us-east-1"}  # type: ignore[assignment]
-        os.environ["AIRFLOW_CONN_CHECKMATE_BENCH_S3"] = json.dumps(conn)
-        os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",
-            region_name="us-east-1",
-        ).create_bucket(Bucket="bench")
-        yield "s3://bench/state", "checkmate_bench_s3"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with running_s3_server(S3_CONN_ID) as endpoint:
+        s3_client(endpoint).create_bucket(Bucket="bench")
+        yield "s3://bench/state", S3_CONN_ID
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,16 +97,10 @@ def s3_store(url: str, endpoint: str, conn_id: str) -> Store:
 
     The children find the bucket's credentials in the Airflow connection ``conn_id`` of their environment.
     """
-    import boto3  # type: ignore[import-untyped]
+    from tests.helpers.s3_server import s3_client
 
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    client = s3_client(endpoint)
 
     def objects(task_id: str) -> dict[str, bytes]:
         found = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{task_id}/").get("Contents", [])

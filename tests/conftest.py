@@ -1,21 +1,17 @@
 """Shared fixtures: a storage folder per test, and a way to run tasks in real child processes."""
 
-import json
 import os
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from airflow_checkmate.checkmate import TaskIO, TaskIOFile, sqldb
+from airflow_checkmate.checkmate import TaskIO, TaskIOFile
+from reliability.pg import fresh_database
+from tests.helpers.s3_server import running_s3_server, s3_client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,19 +83,8 @@ def postgres_url() -> Iterator[str]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true but {reason}: the PostgreSQL tests must run in CI")
         pytest.skip(reason)
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"checkmate_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(sqldb.parse_url(server), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database(server, prefix="checkmate_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -120,65 +105,13 @@ def s3_endpoint() -> Iterator[str]:
     The connection ``checkmate_test_s3`` (type aws, dummy keys, ``endpoint_url``) is exported as
     ``AIRFLOW_CONN_CHECKMATE_TEST_S3`` so that child processes and ``airflow`` commands see it too.
     """
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = tempfile.TemporaryFile()  # noqa: SIM115  (open for the session; a pipe nobody reads would fill and block)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.helpers.s3_server", str(port)],
-        cwd=ROOT,
-        env=child_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1).close()
-            break
-        except urllib.error.HTTPError:
-            break  # it answers
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                log.seek(0)
-                raise RuntimeError(f"the moto S3 server did not start: {log.read()[-2000:]!r}") from None
-            time.sleep(0.1)
-    conn = {
-        "conn_type": "aws",
-        "login": "testing",
-        "password": "testing",
-        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-    }
-    saved = {k: os.environ.get(k) for k in ("AIRFLOW_CONN_CHECKMATE_TEST_S3", "AWS_EC2_METADATA_DISABLED")}
-    os.environ["AIRFLOW_CONN_CHECKMATE_TEST_S3"] = json.dumps(conn)
-    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    try:
+    with running_s3_server(S3_CONN_ID) as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture
 def s3_url(s3_endpoint: str) -> str:
     """A fresh bucket on the session's S3 server, as ``s3://<bucket>/state`` (credentials: S3_CONN_ID)."""
-    import boto3
-
     bucket = f"checkmate-{uuid.uuid4().hex[:12]}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket=bucket)
+    s3_client(s3_endpoint).create_bucket(Bucket=bucket)
     return f"s3://{bucket}/state"
