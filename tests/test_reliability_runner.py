@@ -1,0 +1,33 @@
+"""``python -m reliability`` (what ``make reliability`` runs): campaigns by name, a summary, the exit code."""
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT, child_env
+
+
+def _run(*names: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reliability", *names],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_runs_the_named_campaign_and_prints_its_table_and_a_summary() -> None:
+    proc = _run("hostile")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "=== reliability.hostile ===" in proc.stdout
+    assert "violations: 0" in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-1].split()[:2] == ["hostile", "ok"]
+
+
+def test_an_unknown_campaign_is_a_usage_error() -> None:
+    proc = _run("hostile", "nonsense")
+    assert proc.returncode == 2
+    assert "unknown campaign(s) ['nonsense']" in proc.stderr
+    assert "=== reliability" not in proc.stdout  # nothing ran
