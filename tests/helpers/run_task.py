@@ -1,7 +1,8 @@
 """Run a journal task in this process: ``python -m tests.helpers.run_task BASE TASK_ID STAGES [options]``.
 
 Used by tests that resume, kill or race real processes. Prints the final status; exit codes:
-0 COMPLETE, 3 RETRY (call again), 4 ERROR/CANCELED, 5 lock held by another process.
+0 COMPLETE, 3 RETRY (call again), 4 ERROR/CANCELED, 5 lock held by another process, 6 lease lost while
+releasing it (another process took the task over).
 
 ``--clean`` ends a COMPLETE run with ``unbind(clean=True)`` (the task's objects are removed), so that kill
 campaigns can interrupt a cleanup. ``--phases`` appends phase lines to the journal, for campaigns that
@@ -20,6 +21,7 @@ import time
 from airflow_checkmate.checkmate import (
     BindException,
     CheckMateEngine,
+    LeaseLostException,
     RetryPolicy,
     StageStatus,
     TaskEngineException,
@@ -83,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                 engine.unbind(clean=True)
         phase("unbound")
         return 0
+    except LeaseLostException as exc:  # a BindException too, but not "held by another": ours was taken over
+        print(f"LEASE_LOST {exc}", flush=True)
+        return 6
     except BindException as exc:
         print(f"LOCKED {exc}", flush=True)
         return 5
