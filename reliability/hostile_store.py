@@ -28,7 +28,7 @@ from airflow_checkmate.checkmate import (
     TaskIO,
     TaskIOFile,
 )
-from tests.helpers.stages import JournalStage, expected_result, make_stages, read_journal
+from tests.helpers.stages import JournalStage, expected_result, make_stages, start_counts
 
 S = StageStatus
 #: Long enough that no heartbeat rewrites a held lock during a case, so snapshots taken while bound are stable.
@@ -133,15 +133,6 @@ def files_under(base: Path) -> list[str]:
     return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
 
 
-def starts(journal: Path) -> dict[str, int]:
-    """How many times each stage's code started, from the journal the stage code wrote."""
-    counts: dict[str, int] = {}
-    for words in read_journal(journal):
-        if words[0] == "start":
-            counts[words[1]] = counts.get(words[1], 0) + 1
-    return counts
-
-
 def engine_for(io: TaskIO, journal: Path, stages: list[Any] | None = None, **kwargs: Any) -> CheckMateEngine[Any, Any]:
     kwargs.setdefault("retry_policy", RetryPolicy.RETRY)
     kwargs.setdefault("max_attempts", 3)
@@ -161,7 +152,7 @@ def make_stored_task(st: Store) -> None:
         else:
             raise AssertionError("s2's planned failure did not happen")
     assert files_under(st.base) == [f"{TASK}/s1.stage.json", f"{TASK}/s2.stage.json", f"{TASK}/task.json"]
-    assert starts(st.journal) == {"s1": 1, "s2": 1}
+    assert start_counts(st.journal) == {"s1": 1, "s2": 1}
 
 
 def resume_and_finish(st: Store) -> None:
@@ -172,7 +163,7 @@ def resume_and_finish(st: Store) -> None:
         engine.execute()
         assert engine.status is S.COMPLETE
         assert engine.task_result == expected_result(3)
-    assert starts(st.journal) == {"s1": 1, "s2": 2, "s3": 1}
+    assert start_counts(st.journal) == {"s1": 1, "s2": 2, "s3": 1}
 
 
 def stored_doc(st: Store, obj: str) -> dict[str, Any]:

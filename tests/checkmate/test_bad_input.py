@@ -64,10 +64,9 @@ from reliability.hostile_store import (
     no_temp_files,
     resume_and_finish,
     snapshot,
-    starts,
     stored_doc,
 )
-from tests.helpers.stages import CounterState, JournalStage, expected_result, make_stages, read_journal
+from tests.helpers.stages import CounterState, JournalStage, expected_result, make_stages, read_journal, start_counts
 
 S = StageStatus
 
@@ -95,7 +94,7 @@ def test_bad_task_id_is_refused_before_any_storage_call(store: Store, task_id: s
         calls["request_cancel()"]()
     assert store.io.calls == []
     assert snapshot(store.root) == before
-    assert starts(store.journal) == {"s1": 1, "s2": 1}
+    assert start_counts(store.journal) == {"s1": 1, "s2": 1}
 
 
 @pytest.mark.parametrize(("name", "word"), hc.BAD_STAGE_NAMES, ids=hc.value_ids(hc.BAD_STAGE_NAMES))
@@ -285,7 +284,7 @@ def test_corrupt_object_is_refused_by_name_and_left_in_place(store: Store, obj: 
     assert "left in place" in message
     assert not engine.bound
     assert snapshot(store.root) == before  # the object byte-identical, the lock released, nothing added
-    assert starts(store.journal) == {"s1": 1, "s2": 1}
+    assert start_counts(store.journal) == {"s1": 1, "s2": 1}
     restore()
     resume_and_finish(store)
 
@@ -443,7 +442,7 @@ def test_force_create_on_a_new_task_id_works(store: Store) -> None:
         engine.execute()
         assert engine.task_result == expected_result(3)
     assert files_under(store.base) == [f"{TASK}/s{i}.stage.json" for i in (1, 2, 3)] + [f"{TASK}/task.json"]
-    assert starts(store.journal) == {"s1": 1, "s2": 1, "s3": 1}
+    assert start_counts(store.journal) == {"s1": 1, "s2": 1, "s3": 1}
 
 
 # ------------------------------------------------------------------------------------------ full disk
@@ -477,7 +476,7 @@ def test_full_disk_on_the_running_write_of_a_new_stage(store: Store) -> None:
         assert engine.stages[0].state.attempts == 0
         engine.execute()  # the disk has room again: the same engine carries on
         assert engine.task_result == expected_result(3)
-    assert starts(store.journal) == {"s1": 1, "s2": 1, "s3": 1}
+    assert start_counts(store.journal) == {"s1": 1, "s2": 1, "s3": 1}
 
 
 def test_full_disk_on_the_running_write_of_a_stored_stage(store: Store) -> None:
@@ -489,7 +488,7 @@ def test_full_disk_on_the_running_write_of_a_stored_stage(store: Store) -> None:
         with pytest.raises(TaskIOException) as exc:
             engine.execute()
         _assert_enospc(exc, store.base / TASK / "s2.stage.json")
-        assert starts(store.journal) == {"s1": 1, "s2": 1}  # s2 did not run again
+        assert start_counts(store.journal) == {"s1": 1, "s2": 1}  # s2 did not run again
         assert snapshot(store.root) == before
         assert engine.check_sync()
         assert engine.stages[1].state.status is S.RETRY
@@ -507,7 +506,7 @@ def test_full_disk_on_the_complete_write(store: Store, stage: str) -> None:
         with pytest.raises(TaskIOException) as exc:
             engine.execute()
         _assert_enospc(exc, path)
-        assert starts(store.journal) == {f"s{i}": 1 for i in range(1, index + 2)}
+        assert start_counts(store.journal) == {f"s{i}": 1 for i in range(1, index + 2)}
         stored = stored_doc(store, path.name)
         assert (stored["status"], stored["attempts"]) == ("RUNNING", 1)  # storage still says RUNNING
         assert engine.stages[index].state.status is S.RUNNING  # and so does memory
@@ -521,7 +520,7 @@ def test_full_disk_on_the_complete_write(store: Store, stage: str) -> None:
         assert later.status is S.COMPLETE
         assert later.task_result == expected_result(3)
         assert later.stages[index].state.attempts == 2
-    assert starts(store.journal) == {f"s{i}": 2 if i == index + 1 else 1 for i in (1, 2, 3)}
+    assert start_counts(store.journal) == {f"s{i}": 2 if i == index + 1 else 1 for i in (1, 2, 3)}
 
 
 @pytest.mark.parametrize(
@@ -609,7 +608,7 @@ def test_unknown_timezone_set_after_construction_is_refused_without_desync(store
         for _ in range(2):
             with pytest.raises((TaskEngineException, ValueError, KeyError), match="Mars/Olympus"):
                 engine.execute()
-            assert "s2" not in starts(store.journal)
+            assert "s2" not in start_counts(store.journal)
             assert engine.check_sync(), [(s.stage_name, s.state.status) for s in engine.stages]
             assert engine.stages[1].state.status is S.CREATED
     finally:

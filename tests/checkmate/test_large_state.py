@@ -28,7 +28,7 @@ from airflow_checkmate.checkmate import (
     TaskEngineException,
     TaskIOFile,
 )
-from tests.helpers.stages import journal, read_journal
+from tests.helpers.stages import journal, start_counts
 
 MiB = 1024 * 1024
 BLOB_CHARS = 20 * MiB
@@ -98,14 +98,6 @@ def blob_stages(
     ]
 
 
-def starts(path: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for words in read_journal(path):
-        if words[0] == "start":
-            counts[words[1]] = counts.get(words[1], 0) + 1
-    return counts
-
-
 @pytest.fixture
 def blob_key() -> Any:
     key = "roundtrip"
@@ -133,7 +125,7 @@ def test_20_mib_state_round_trips_through_storage(base: Path, tmp_path: Path, bl
         assert loaded is not second.stages[1].state
         second.execute()
         assert second.task_result == BLOB_CHARS
-    assert starts(log) == {"s1": 1, "s2": 2, "s3": 1}
+    assert start_counts(log) == {"s1": 1, "s2": 2, "s3": 1}
 
     third = CheckMateEngine(io, TASK, blob_stages(3, "missing-key"), RetryPolicy.RETRY, 2)
     with third:

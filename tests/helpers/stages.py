@@ -41,6 +41,15 @@ def read_journal(path: str | Path) -> list[list[str]]:
         return []
 
 
+def start_counts(path: str | Path) -> dict[str, int]:
+    """How many times each stage's code started, from the journal the stage code wrote."""
+    counts: dict[str, int] = {}
+    for words in read_journal(path):
+        if words[0] == "start":
+            counts[words[1]] = counts.get(words[1], 0) + 1
+    return counts
+
+
 def value_for(stage_name: str, previous: list[int]) -> int:
     """The deterministic value a stage adds, from its name and what came before."""
     return (sum(previous) * 31 + sum(map(ord, stage_name))) % 1_000_003
