@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -42,12 +42,14 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_task_process(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``tests.helpers.run_task`` in a new Python process and wait for it."""
+def run_python(
+    *argv: str, timeout: float = 60, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python *argv`` in a new process from the repository root (importable), ``env`` added; wait for it."""
     return subprocess.run(
-        [sys.executable, "-m", "tests.helpers.run_task", *args],
+        [sys.executable, *argv],
         cwd=ROOT,
-        env=child_env(),
+        env={**child_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -55,16 +57,26 @@ def run_task_process(*args: str, timeout: float = 60) -> subprocess.CompletedPro
     )
 
 
-def start_task_process(*args: str) -> subprocess.Popen[str]:
-    """Start ``tests.helpers.run_task`` in a new Python process without waiting."""
+def start_python(*argv: str) -> subprocess.Popen[str]:
+    """Start ``python *argv`` in a new process from the repository root (importable), its output piped."""
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.helpers.run_task", *args],
+        [sys.executable, *argv],
         cwd=ROOT,
         env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def run_task_process(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``tests.helpers.run_task`` in a new Python process and wait for it."""
+    return run_python("-m", "tests.helpers.run_task", *args, timeout=timeout)
+
+
+def start_task_process(*args: str) -> subprocess.Popen[str]:
+    """Start ``tests.helpers.run_task`` in a new Python process without waiting."""
+    return start_python("-m", "tests.helpers.run_task", *args)
 
 
 POSTGRES_ENV = "CHECKMATE_TEST_POSTGRES_URL"

@@ -1,11 +1,10 @@
 """The benchmark scripts run (a tiny smoke run each), so they cannot rot; their figures are not checked."""
 
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, child_env
+from tests.conftest import run_python
 
 
 def run_bench(*args: str, hide_dbos: bool = False) -> subprocess.CompletedProcess[str]:
@@ -13,18 +12,10 @@ def run_bench(*args: str, hide_dbos: bool = False) -> subprocess.CompletedProces
     if hide_dbos:
         module, *rest = args
         code = f"import sys; sys.modules['dbos'] = None; from {module} import main; sys.exit(main({rest!r}))"
-        command = [sys.executable, "-c", code]
+        command = ["-c", code]
     else:
-        command = [sys.executable, "-m", *args]
-    proc = subprocess.run(
-        command,
-        cwd=ROOT,
-        env={**child_env(), "CHECKMATE_BENCH_POSTGRES_URL": ""},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+        command = ["-m", *args]
+    proc = run_python(*command, timeout=300, env={"CHECKMATE_BENCH_POSTGRES_URL": ""})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

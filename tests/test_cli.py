@@ -31,7 +31,7 @@ from airflow_checkmate.checkmate import (
     read_snapshot,
 )
 from airflow_checkmate.checkmate.lease import HOST
-from tests.conftest import ROOT, S3_CONN_ID, child_env
+from tests.conftest import ROOT, S3_CONN_ID, child_env, start_python
 from tests.helpers.managed_tasks import events, make, make_stages
 
 S = StageStatus
@@ -444,14 +444,7 @@ def test_cancel_a_task_running_in_another_process(postgres_url: str, tmp_path: P
         "sleep_seconds": 60.0,
         "queue": queue,
     }
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.helpers.managed_tasks", task_id, json.dumps(kw)],
-        cwd=ROOT,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    child = start_python("-m", "tests.helpers.managed_tasks", task_id, json.dumps(kw))
     try:
         deadline = time.monotonic() + 30
         while "start b" not in events(journal):

@@ -1,21 +1,12 @@
 """``python -m reliability`` (what ``make reliability`` runs): campaigns by name, a summary, the exit code."""
 
 import subprocess
-import sys
 
-from tests.conftest import ROOT, child_env
+from tests.conftest import run_python
 
 
 def _run(*names: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reliability", *names],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_python("-m", "reliability", *names, timeout=300)
 
 
 def test_runs_the_named_campaign_and_prints_its_table_and_a_summary() -> None:

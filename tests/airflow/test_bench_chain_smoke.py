@@ -6,24 +6,16 @@ the script itself fails when a run does not succeed or a stage does not complete
 
 import re
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, child_env
+from tests.conftest import start_python
 
 pytestmark = [pytest.mark.slow, pytest.mark.live_airflow, pytest.mark.timeout(420)]
 
 
 def test_chain_benchmark_prints_both_shapes_and_ratios() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.airflow_chain", "--stages", "3", "--runs", "1"],
-        cwd=ROOT,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_python("-m", "bench.airflow_chain", "--stages", "3", "--runs", "1")
     try:
         out, err = proc.communicate(timeout=330)
     except subprocess.TimeoutExpired:

@@ -8,8 +8,6 @@ version guard, the hidden password, and an engine task run to COMPLETE and resum
 """
 
 import json
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,7 +33,7 @@ from airflow_checkmate.checkmate import (
     read_snapshot,
     sqldb,
 )
-from tests.conftest import ROOT, child_env, run_task_process
+from tests.conftest import run_python, run_task_process
 from tests.helpers.stages import expected_result, make_stages, read_journal
 
 LOCK = "t/task.lock"
@@ -416,15 +414,7 @@ def test_newer_schema_version_is_refused_and_nothing_is_dropped(sql_io: TaskIOSQ
         "    sys.exit(7)\n"
         "print('OPENED')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe, store_url],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python("-c", probe, store_url)
     assert done.returncode == 7, done.stdout + done.stderr
     assert "schema version 99" in done.stdout and "reads version 1" in done.stdout
     assert "Upgrade airflow-provider-checkmate" in done.stdout
