@@ -1,8 +1,12 @@
 """(c) Wait for a CheckMate task with CheckMateSensor (deferrable) and use its result from XCom.
 
-``build_report`` runs a CheckMate task under an explicit, templated id: ``sales-report-{{ ds_nodash }}``,
-one task per logical day. Run again for the same day, it finds the task COMPLETE and only returns the
-stored result, so the day's report is built once whatever happens to the DAG run.
+``build_report`` runs a CheckMate task under an explicit, templated id, one task per day:
+``sales-report-{{ (dag_run.logical_date or dag_run.run_after) | ds_nodash }}``. The day is the run's
+logical date, or, for a run without one (a manual trigger in Airflow 3), the day it was run after:
+``{{ ds_nodash }}`` alone is undefined in such runs and fails the task. Run again for the same day, it
+finds the task COMPLETE and only returns the stored result, so the day's report is built once whatever
+happens to the DAG run. A task id allows letters, digits, '.', '_' and '-': a ``{{ run_id }}`` needs
+``| replace(':', '-') | replace('+', '-')``.
 
 ``wait_for_report`` is a CheckMateSensor on the same id with ``deferrable=True``: while the task is not
 finished it waits in the triggerer (a CheckMateTrigger polling the stored state every
@@ -29,7 +33,7 @@ from airflow_checkmate.checkmate import BaseStage, BaseStageState
 from airflow_checkmate.operators.checkmate import CheckMateOperator
 from airflow_checkmate.sensors.checkmate import CheckMateSensor
 
-REPORT_ID = "sales-report-{{ ds_nodash }}"
+REPORT_ID = "sales-report-{{ (dag_run.logical_date or dag_run.run_after) | ds_nodash }}"
 
 
 class ReportState(BaseStageState[dict[str, Any]]):

@@ -110,6 +110,10 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
         if self.labels and {**self.task_state.labels, **self.labels} != self.task_state.labels:
             self.task_state.labels = {**self.task_state.labels, **self.labels}
             changed = True
+        self.previous_try = dict(self.task_state.last_try)
+        if self.try_mark and self.try_mark != self.task_state.last_try:
+            self.task_state.last_try = dict(self.try_mark)
+            changed = True
         if taken_over is not None:
             self.task_state.history.append(
                 TaskEvent(event="lock takeover", message=f"took over from {taken_over.describe()}")
@@ -146,15 +150,18 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
     def unbind(self, clean: bool = False) -> None:
         """Release the bind lock and restore the pristine templates.
 
-        :param clean: also remove the task's stored objects (as ``auto_cleanup`` does).
+        :param clean: also remove the task's stored objects, whatever the status. ``auto_cleanup``
+            removes them only once the task is COMPLETE: a failed or canceled try keeps its
+            checkpoints, so the next try resumes instead of running every stage again.
         """
         if not self._bound:
             raise TaskEngineException(f"engine for task {self.task_id!r} is not bound")
         keeper = self._keeper
+        clean = clean or self.cleans_at_unbind
         try:
             if keeper is not None:
                 keeper.stop()
-            if clean or self.auto_cleanup:
+            if clean:
                 self._remove_stored(self.task_state, set(self.io.list(names.task_prefix(self.task_id))))
         finally:
             self._bound = False
@@ -162,9 +169,19 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
             self._restore_templates()
             if keeper is not None:
                 keeper.release()
-            if clean or self.auto_cleanup:
+            if clean:
                 self.io.prune(names.task_prefix(self.task_id))
         log.info("unbound task %s%s", self.task_id, " and removed its stored state" if clean else "")
+
+    @property
+    def cleans_at_unbind(self) -> bool:
+        """Whether ``auto_cleanup`` removes the stored state at the next unbind: only a COMPLETE task's."""
+        if not self.auto_cleanup or not self._bound or self._desynced:
+            return False
+        try:
+            return self.status is S.COMPLETE
+        except TaskEngineException:
+            return False
 
     def _restore_templates(self) -> None:
         self.task_state = self._fresh_task_state()

@@ -91,6 +91,8 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         self._cancel_event = threading.Event()
         self.owner = ""
         self.labels: dict[str, str] = {}
+        self.try_mark: dict[str, str | int] = {}  # recorded as the task's last_try at bind (see TaskEngineState)
+        self.previous_try: dict[str, str | int] = {}  # the stored last_try this bind replaced
         self._in_stage_code = False
         self.interrupted: str = ""
 

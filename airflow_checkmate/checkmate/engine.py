@@ -7,19 +7,22 @@ import time
 from typing import Any, Literal
 
 from colorama import Fore
+from pydantic_core import PydanticSerializationError
 
 from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.binding import BindingMixin
 from airflow_checkmate.checkmate.control import ControlMixin
-from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, S, string_from_callable
+from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, S, _json, string_from_callable
 from airflow_checkmate.checkmate.exceptions import (
     PersistenceDataNotFoundException,
     StageInterrupted,
+    StateNotStorable,
     TaskEngineException,
 )
 from airflow_checkmate.checkmate.models import BaseStageState
 from airflow_checkmate.checkmate.render import render_stages, render_table
 from airflow_checkmate.checkmate.stage import BaseStage
+from airflow_checkmate.checkmate.storable import unstorable
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
     :param retry_policy: RetryPolicy.NONE (default) or RetryPolicy.RETRY.
     :param max_attempts: attempts per stage, counted in the stage's stored ``attempts``.
     :param bind_lock_timeout: seconds to wait for another holder's lock; None fails at once.
-    :param auto_cleanup: remove the task's stored objects at unbind, whatever the outcome.
+    :param auto_cleanup: remove the task's stored objects at unbind once the task is COMPLETE.
     :param no_lock: skip the bind lock (read-only inspection, tests).
     :param force_create: this is a new task id; bind raises if objects are already stored for it.
     """
@@ -91,11 +94,14 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
         if self.interrupted:
             raise StageInterrupted(self.interrupted)
         if self._cancel_pending():
-            reason = "cancel requested"
-            with contextlib.suppress(PersistenceDataNotFoundException):
-                reason = f"cancel requested: {self.io.read(names.cancel_obj_name(self.task_id))[:500]}"
+            reason = self._cancel_reason()
             self._cancel_from(self._first_incomplete(), reason)
             raise TaskEngineException(f"task {self.task_id!r} was canceled ({reason})")
+
+    def _cancel_reason(self) -> str:
+        with contextlib.suppress(PersistenceDataNotFoundException):
+            return f"cancel requested: {self.io.read(names.cancel_obj_name(self.task_id))[:500]}"
+        return "cancel requested"
 
     def _run_stage(
         self, stage: BaseStage[Any], index: int, total: int, previous: BaseStageState[Any], strict_recovery: bool
@@ -138,12 +144,32 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
         except BaseException as exc:
             self._stage_failed(stage, exc, where, begin)
             raise  # _stage_failed raises for Exceptions; others (KeyboardInterrupt...) propagate as is
+        if self._cancel_pending():  # the stage returned, maybe early on seeing cancel_requested: not COMPLETE
+            stage.state.result = None
+            reason = f"{self._cancel_reason()} (while the stage ran; it returned, its result was discarded)"
+            self._cancel_from(index, reason)
+            raise TaskEngineException(f"task {self.task_id!r} was canceled while {where} ran ({reason})")
         end = time.time()
-        stage.update_status(f"completed in {end - begin:.3f} s", S.COMPLETE, begin, end)
+        produced = stage.state
+        try:
+            stage.update_status(f"completed in {end - begin:.3f} s", S.COMPLETE, begin, end)
+        except PydanticSerializationError as exc:  # the stored state is re-read: the one from before this attempt
+            self._stage_failed(stage, unstorable(produced, self._where(stage), exc), where, begin)
+            raise
         log.info("%s: COMPLETE in %.3f s (attempt %d)", where, end - begin, state.attempts)
+
+    def _where(self, stage: BaseStage[Any]) -> str:
+        return f"task {self.task_id!r} stage {stage.stage_name!r}"
 
     def _stage_failed(self, stage: BaseStage[Any], exc: BaseException, where: str, begin: float) -> None:
         """Roll back, then move the stage to CANCELED, RETRY or ERROR and raise what the caller sees."""
+        try:
+            _json(stage.state)
+        except PydanticSerializationError as cause:  # the attempt left a value that cannot be stored
+            error_state = unstorable(stage.state, self._where(stage), cause)
+            self._resync_stage(stage, cause)
+            if not isinstance(exc, StateNotStorable):
+                error_state.__cause__, exc = exc, error_state
         state = stage.state
         error = f"{type(exc).__name__}: {exc}"
         if self._cancel_pending():
@@ -195,7 +221,7 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
             if stored is None:
                 if stage.state.status is not S.CREATED or stage.state.history:
                     return False
-            elif stored.model_dump() != stage.state.model_dump():
+            elif _json(stored) != _json(stage.state):  # as JSON: NaN equals NaN, as stored
                 return False
         return True
 

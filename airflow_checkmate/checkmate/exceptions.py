@@ -46,3 +46,12 @@ class StageInterrupted(BaseException):
     A BaseException, so stage code's ``except Exception`` does not swallow it. The stage is recorded
     as failed by an interruption (RETRY while attempts are left, else ERROR) and stays resumable.
     """
+
+
+class StateNotStorable(TaskEngineException):
+    """Raised when a stage's state cannot be stored as JSON (an unknown type, a lock, invalid UTF-8).
+
+    The message names the task, the stage, the field and the value's type. Raised at construction for
+    a template, and recorded as the stage's failure (RETRY or ERROR by its policy) when stage code put
+    such a value in the state; the stored state is the one from before that attempt.
+    """

@@ -36,7 +36,8 @@ class CheckMate(CheckMateEngine[STAGE, STAGE_RESULT]):
     :param retry_policy: RetryPolicy (default NONE, or RETRY when ``max_attempts`` > 1).
     :param max_attempts: attempts per stage (default 1).
     :param bind_lock_timeout: seconds to wait for another holder's lock; None fails at once.
-    :param auto_cleanup: remove the stored state at unbind (the row is kept, marked cleaned).
+    :param auto_cleanup: remove the stored state at unbind once the task is COMPLETE (the row is kept,
+        marked cleaned); a failed try keeps its checkpoints so the next one resumes.
     :param force_create: this is a new task id; bind raises if state is already stored for it.
     :param queue: the queue name the task is listed under.
     :param tags: labels to find the task by (``checkmate list --tag``).
@@ -156,7 +157,7 @@ class CheckMate(CheckMateEngine[STAGE, STAGE_RESULT]):
             progress = self._progress() if self.bound else {}
         except TaskEngineException:  # a desynced engine still unbinds; the row catches up at the next bind
             progress = {}
-        cleaned = clean or self.auto_cleanup
+        cleaned = clean or self.cleans_at_unbind
         super().unbind(clean)
         try:
             if not self.registry.update(self.task_id, lock_holder=None, cleaned=cleaned, **progress):

@@ -39,9 +39,15 @@ class BaseStageState(BaseModel, Generic[STAGE_RESULT]):
     All stages of a task share the same state class, so the running stage can see the state of every
     stage before it. Fields added by subclasses should have defaults. Unknown fields are refused when
     a stored object is loaded, so an object of another schema is never silently read as defaults.
+
+    What is stored comes back as it went in: NaN and +/-infinity are written as the JSON constants
+    ``NaN``/``Infinity`` (not null), ``bytes`` fields as base64. Fields typed ``Any`` or ``dict`` come
+    back as JSON types (tuples and sets as lists, datetimes and bytes as strings).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", ser_json_inf_nan="constants", ser_json_bytes="base64", val_json_bytes="base64"
+    )
 
     stage_name: str = Field(
         "",
@@ -107,6 +113,11 @@ class TaskEngineState(BaseModel, Generic[STAGE]):
     cleaning: bool = Field(default=False, title="Set while the task's objects are being removed")
     labels: dict[str, str] = Field(
         default_factory=dict, title="Who runs the task, e.g. the Airflow DAG, task and run ids; checked by viewers"
+    )
+    last_try: dict[str, str | int] = Field(
+        default_factory=dict,
+        title="The caller's last try that bound the task (Airflow: run id, try number, max tries); the operator "
+        "tells an automatic retry (same max tries) from a person's clear (Airflow raises max tries) by it",
     )
     history: list[TaskEvent] = Field(default_factory=list)
     stage_templates: list[Any] = Field(default_factory=list, exclude=True)

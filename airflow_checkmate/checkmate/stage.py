@@ -4,12 +4,14 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing_extensions import Self
 
-from airflow_checkmate.checkmate.exceptions import TaskEngineException
+from airflow_checkmate.checkmate.exceptions import StateNotStorable, TaskEngineException
 from airflow_checkmate.checkmate.models import BaseStageState, StageStateHistoryEntry, render_ts
 from airflow_checkmate.checkmate.names import STAGE_NAME_MAX_LENGTH, stage_obj_name, validate_stage_name
 from airflow_checkmate.checkmate.status import StageStatus, check_transition
+from airflow_checkmate.checkmate.storable import check_template_state
 
 if TYPE_CHECKING:
     from airflow_checkmate.checkmate.core import EngineCore
@@ -64,6 +66,22 @@ class BaseStage(BaseModel, ABC, Generic[STAGE_STATE]):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown timezone {value!r}; use an IANA name such as 'UTC'") from None
         return value
+
+    @model_validator(mode="after")
+    def _storable_state(self) -> Self:
+        """Refuse, when the stage is built (at DAG parse in Airflow), a state that could not be checkpointed."""
+        state: Any = self.state
+        if not isinstance(state, BaseStageState):
+            raise ValueError(
+                f"stage {self.stage_name!r}: state must be a BaseStageState (a pydantic model), got "
+                f"{type(state).__module__}.{type(state).__qualname__}; declare it as "
+                "`class MyState(BaseStageState[ResultType])` with pydantic fields"
+            )
+        try:
+            check_template_state(state, f"stage {self.stage_name!r}")
+        except StateNotStorable as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     @property
     def engine(self) -> "EngineCore[Any, Any]":

@@ -24,6 +24,7 @@ from airflow_checkmate.checkmate import (
 )
 from airflow_checkmate.hooks.checkmate import CheckMateHook
 from airflow_checkmate.links.checkmate import CheckMateStateLink, derive_checkmate_task_id, state_url
+from airflow_checkmate.operators.rules import checked_task_id, cleared_since_last_try, stopped_message, xcom_refusal
 
 __all__ = ["CheckMateOperator", "CheckMateStateLink", "derive_checkmate_task_id", "state_url"]
 
@@ -36,7 +37,8 @@ class CheckMateOperator(BaseOperator):
 
     An engine RETRY becomes an Airflow retry (AirflowException), an engine ERROR fails the task without
     further tries (AirflowFailException), a lock held by a live process is retried later. A task in
-    ERROR or CANCELED that a person clears resumes at the stopped stage. The task result goes to XCom.
+    ERROR or CANCELED that a person clears resumes at the stopped stage; an automatic retry that finds
+    it so fails at once (see ``operators.rules``). The task result goes to XCom.
 
     :param stage_templates: the stages, in order (BaseStage instances). Or:
     :param checkmate_factory: a callable, or its dotted path, returning the stages or a CheckMateEngine;
@@ -52,7 +54,7 @@ class CheckMateOperator(BaseOperator):
         RetryPolicy.NONE).
     :param bind_lock_timeout: seconds to wait for another holder of the task's lock (None: fail at once).
     :param strict_recovery: re-run a stage left RUNNING by a dead worker (default True).
-    :param auto_cleanup: remove the task's stored state when the try ends.
+    :param auto_cleanup: remove the task's stored state once it is COMPLETE (a failed try keeps it to resume).
     :param managed: run a managed ``CheckMate``, so the task has a registry row (``checkmate list``);
         False runs a plain engine with stage state only.
     :param checkmate_queue: the CheckMate queue the task is listed under (BaseOperator's ``queue`` is
@@ -95,7 +97,7 @@ class CheckMateOperator(BaseOperator):
         self.stage_templates = list(stage_templates) if stage_templates is not None else None
         self.checkmate_factory = checkmate_factory
         self.factory_kwargs = factory_kwargs or {}
-        self.checkmate_task_id = checkmate_task_id
+        self.checkmate_task_id = checkmate_task_id if not checkmate_task_id else checked_task_id(checkmate_task_id)
         self.checkmate_conn_id = checkmate_conn_id
         self.checkmate_retry_policy = retry_policy if isinstance(retry_policy, RetryPolicy) else None
         self.max_attempts = max_attempts
@@ -113,9 +115,9 @@ class CheckMateOperator(BaseOperator):
         return CheckMateHook(checkmate_conn_id=self.checkmate_conn_id)
 
     def resolve_task_id(self, context: Context) -> str:
-        """The CheckMate task id for this task instance."""
+        """The CheckMate task id for this task instance; a rendered id that is not valid fails the task."""
         if self.checkmate_task_id:
-            return self.checkmate_task_id
+            return checked_task_id(self.checkmate_task_id, rendered=True)
         ti = context["ti"]
         return derive_checkmate_task_id(ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index)
 
@@ -176,6 +178,7 @@ class CheckMateOperator(BaseOperator):
         )
         engine.owner = f"airflow {ti.dag_id}.{ti.task_id} run {ti.run_id} try {ti.try_number}"
         engine.labels = {"airflow_dag_id": ti.dag_id, "airflow_task_id": ti.task_id, "airflow_run_id": ti.run_id}
+        engine.try_mark = {"run_id": ti.run_id, "try_number": ti.try_number, "max_tries": ti.max_tries}
         self.log.info("CheckMate task %s at %s", engine.task_id, engine.io.build_url(engine.task_id))
         try:
             engine.bind()
@@ -185,18 +188,20 @@ class CheckMateOperator(BaseOperator):
             ) from exc
         self._engine = engine
         try:
-            return self._run(engine)
+            return self._run(engine, ti)
         finally:
             self._engine = None
             engine.unbind()
 
-    def _run(self, engine: CheckMateEngine[Any, Any]) -> Any:
+    def _run(self, engine: CheckMateEngine[Any, Any], ti: Any) -> Any:
         if self._killed:  # on_kill came while binding, before the engine could be interrupted
             raise AirflowException(f"CheckMate task {engine.task_id} was not started: {self._killed}")
         status = engine.status
         if status in (StageStatus.ERROR, StageStatus.CANCELED):
+            if not cleared_since_last_try(engine.previous_try, ti, int(self.retries or 0)):
+                raise AirflowFailException(stopped_message(engine, status, ti))
             self.log.warning(
-                "CheckMate task %s is %s and this task was run again (cleared): resetting", engine.task_id, status
+                "CheckMate task %s is %s and a person cleared this Airflow task: resetting", engine.task_id, status
             )
             engine.reset()
         done = sum(1 for s in engine.stages if s.state.status is StageStatus.COMPLETE)
@@ -219,7 +224,12 @@ class CheckMateOperator(BaseOperator):
         self.log.info("Stages:\n%s", engine.stage_table())
         if self._killed:
             raise AirflowException(f"CheckMate task {engine.task_id} finished but the try was killed: {self._killed}")
-        return engine.task_result
+        result = engine.task_result
+        refused = xcom_refusal(engine.task_id, result) if self.do_xcom_push else ""
+        if refused:
+            engine.auto_cleanup = False  # keep the stored result: it is all the user has
+            raise AirflowFailException(refused)
+        return result
 
     def on_kill(self) -> None:
         """Interrupt the running stage at once (Airflow calls this on SIGTERM); the try never succeeds."""

@@ -17,6 +17,7 @@ again in the same DAG run.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -174,6 +175,14 @@ def test_resume_on_retry_runs_completed_stages_once(sensors_run: Run, xcoms: dic
     assert xcoms["producer"] == expected_result(3)
 
 
+def test_auto_cleanup_keeps_the_checkpoints_of_a_failed_try_and_removes_them_once_complete(sensors_run: Run) -> None:
+    """auto_cleanup=True: try 1 fails at s2 and keeps s1's checkpoint, so try 2 resumes at s2; COMPLETE removes all."""
+    assert sensors_run.runs_of("auto_clean") == ["s1", "s2", "s2", "s3"], "s1 ran again: the failed try cleaned up"
+    tries = sensors_run.tries("auto_clean")
+    assert len(tries) == 2 and "Resuming at stage 2/3" in tries[1], sensors_run.tail()
+    assert not (sensors_run.env.state_dir / sensors_run.checkmate_id("auto_clean")).exists()
+
+
 # ---------------------------------------------------------------------------------------- sensors
 
 
@@ -316,7 +325,7 @@ def test_clear_after_error_resumes_at_the_failed_stage(failures_run: Run, failur
     assert re.search(r"running task <TaskInstance: e2e_failures\.clearable \S+ \[None\]", proc.stdout), (
         "the task instance was not cleared"
     )
-    assert "is ERROR and this task was run again (cleared): resetting" in proc.stdout
+    assert "is ERROR and a person cleared this Airflow task: resetting" in proc.stdout
     assert "Resuming at stage 2/3: 1 stage(s) already COMPLETE" in proc.stdout
     assert "new_state=success" in proc.stdout
 
@@ -327,3 +336,32 @@ def test_clear_after_error_resumes_at_the_failed_stage(failures_run: Run, failur
     assert history(s2) == ["RUNNING", "ERROR", "RETRY", "RUNNING", "COMPLETE"]
     assert s2["history"][2]["message"].startswith("reset from ERROR")
     assert s3["result"] == expected_result(3)
+
+
+# ---------------------------------------------------------------------------------------- results and ids
+
+
+def test_result_xcom_refuses_fails_once_saying_how_to_fix_it(failures_run: Run, failure_states: dict[str, str]) -> None:
+    """A COMPLETE task whose result (bytes) XCom cannot take fails at once, not on every retry, with the way out;
+    the binary result is stored intact (base64)."""
+    assert failure_states["xcom_refused"] == "failed"
+    tries = failures_run.tries("xcom_refused")
+    assert len(tries) == 1, f"retries were used on a result that can never be pushed: {len(tries)} tries"
+    assert "is COMPLETE and its result is stored, but Airflow's XCom cannot take it (bytes" in tries[0]
+    assert "do_xcom_push=False" in tries[0] and "checkmate reset" in tries[0]
+    blob = failures_run.stage(failures_run.checkmate_id("xcom_refused"), "blob")
+    assert blob["status"] == "COMPLETE" and base64.urlsafe_b64decode(blob["result"]) == b"\x00\xff\xfeblob"
+
+
+def test_task_id_from_run_id_fails_at_once_naming_the_filter_and_the_filtered_one_runs(
+    failures_run: Run, failure_states: dict[str, str]
+) -> None:
+    """Run ids contain ':' and '+': a raw ``{{ run_id }}`` fails once (no retries) and names the filter to use."""
+    assert failure_states["raw_run_id"] == "failed"
+    tries = failures_run.tries("raw_run_id")
+    assert len(tries) == 1, f"{len(tries)} tries for an id that can never be valid"
+    assert "checkmate_task_id, rendered: invalid task id 'e2e-manual__" in tries[0]
+    assert "{{ run_id | replace(':', '-') | replace('+', '-') }}" in tries[0]
+    assert failure_states["safe_run_id"] == "success"
+    safe = "e2e-" + failures_run.run_id.replace(":", "-").replace("+", "-")
+    assert failures_run.stage(safe, "s3")["status"] == "COMPLETE"

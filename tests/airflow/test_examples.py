@@ -184,6 +184,22 @@ def test_sensor_wait_passes_the_producer_result_through_xcom(examples_env: Airfl
 
 
 @pytest.mark.slow
+def test_sensor_wait_runs_without_a_logical_date(examples_env: AirflowEnv) -> None:
+    """A run without a logical date (``dags trigger`` / a manual trigger in Airflow 3) gets the day it runs after as
+    its report id. ``dags test`` always sets a logical date, so the run is triggered and its task run by
+    ``tasks test`` (which runs a task instance of an existing run, as a scheduler would)."""
+    run_id = "no_logical_date"
+    examples_env.run("dags", "reserialize", check=True)
+    examples_env.run("dags", "trigger", "checkmate_sensor_wait", "-r", run_id, check=True)
+    proc = examples_env.run("tasks", "test", "checkmate_sensor_wait", "build_report", run_id)
+    assert proc.returncode == 0 and "new_state=success" in proc.stdout, tail(proc)
+    found = re.search(r"CheckMate task (sales-report-(\d{8})) at ", proc.stdout)
+    assert found, tail(proc)
+    assert found.group(2) != "20260115", "the id must come from this run, not the dated one"
+    assert stored_stage(examples_env, found.group(1), "render")["status"] == "COMPLETE"
+
+
+@pytest.mark.slow
 def test_cancel_callback_cancels_the_task_and_cleans_up_once(examples_env: AirflowEnv) -> None:
     """(d): ``load`` fails for good; the failure callback cancels the task and its cancel() runs once."""
     proc, run_id = run_example(examples_env, "checkmate_cancel_callback")

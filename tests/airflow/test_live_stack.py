@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -33,6 +35,8 @@ pytestmark = [pytest.mark.live_airflow, pytest.mark.timeout(420)]
 DAGS_LIVE = Path(__file__).resolve().parent / "dags_live"
 ON_KILL_DAG = "checkmate_live_on_kill"
 SIGKILL_DAG = "checkmate_live_sigkill"
+CANCEL_RUNNING_DAG = "checkmate_live_cancel_running"
+CANCEL_RETRY_DAG = "checkmate_live_cancel_retry"
 JOURNAL_DIR_ENV = "CHECKMATE_LIVE_JOURNAL_DIR"  # read by dags_live/live_stages.py
 
 
@@ -72,7 +76,8 @@ def running_stage_pid(stack: LiveStack, dag_id: str, run_id: str, stage: str) ->
 def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     home = tmp_path_factory.mktemp("airflow_live_home")
     journal_dir = tmp_path_factory.mktemp("airflow_live_journal")
-    with running_stack(home, DAGS_LIVE, journal_dir, JOURNAL_DIR_ENV, (ON_KILL_DAG, SIGKILL_DAG)) as stack:
+    dags = (ON_KILL_DAG, SIGKILL_DAG, CANCEL_RUNNING_DAG, CANCEL_RETRY_DAG)
+    with running_stack(home, DAGS_LIVE, journal_dir, JOURNAL_DIR_ENV, dags) as stack:
         yield stack
 
 
@@ -182,3 +187,77 @@ def test_sigkilled_try_resumes_at_the_stage_left_running(live_stack: LiveStack) 
     assert ti["state"] == "success" and ti["try_number"] == 2, ti
     first = stack.api("GET", f"/dags/{dag}/dagRuns/{run}/taskInstances/{TASK}/tries/1")
     assert first["state"] in ("up_for_retry", "failed"), first
+
+
+def checkmate_cli(stack: LiveStack, *args: str) -> str:
+    """Run the ``checkmate`` command as a user on the stack's machine would (same AIRFLOW_HOME), return its output."""
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("checkmate")), "--allow-factory", "tests.airflow.dags_live.*", *args],
+        env=stack.env.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"checkmate {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_cancel_while_a_stage_runs_ends_it_canceled_even_when_it_returns(live_stack: LiveStack) -> None:
+    """`checkmate cancel` while s2 runs: s2 sees cancel_requested and returns early; it ends CANCELED (its partial
+    result discarded, never COMPLETE), s3 never runs, and the Airflow task fails without using its retries."""
+    stack, dag, run = live_stack, CANCEL_RUNNING_DAG, "live_cancel_running_1"
+    stack.trigger(dag, run)
+    stack.wait_for("stage s2 to start", lambda: lines(stack.journal(dag), "start", "s2"), 120, dag, run)
+    running_stage_pid(stack, dag, run, "s2")
+
+    out = checkmate_cli(stack, "cancel", derive_checkmate_task_id(dag, TASK, run), "--no-dry-run", "--reason", "ops")
+    assert "cancel requested" in out, out
+    stack.wait_for("the run to fail", lambda: stack.run_state(dag, run) == "failed", 120, dag, run)
+
+    journal = stack.journal(dag)
+    assert lines(journal, "returned", "s2") == [["returned", "s2", "early"]], journal
+    assert not lines(journal, "start", "s3"), f"s3 ran after the cancel: {journal}"
+    snap = stack.snapshot(dag, run)
+    assert snap is not None, stack.diagnostics(dag, run)
+    assert [s.status for s in snap.stages] == [StageStatus.COMPLETE, StageStatus.CANCELED, StageStatus.CANCELED]
+    assert snap.stages[1].result is None, "the partial result of the canceled stage was kept"
+    assert "ops" in snap.stages[1].history[-1].message, snap.stages[1].history
+    ti = stack.ti(dag, run)
+    assert ti["state"] == "failed" and ti["try_number"] == 1, ti  # retries=2 left unused: a cancel is final
+
+
+def test_cancel_during_the_retry_wait_is_not_undone_by_the_retry_but_a_clear_resumes(live_stack: LiveStack) -> None:
+    """s2 fails, the try waits 40 s for its retry; `checkmate cancel` then cancels the task (rebuilt by its factory).
+    The automatic retry fails at once saying who canceled and how to resume; a clear (REST API) resets and resumes."""
+    stack, dag, run = live_stack, CANCEL_RETRY_DAG, "live_cancel_retry_1"
+    checkmate_id = derive_checkmate_task_id(dag, TASK, run)
+    stack.trigger(dag, run)
+    stack.wait_for("try 1 to fail into its retry", lambda: stack.ti(dag, run)["state"] == "up_for_retry", 120, dag, run)
+
+    out = checkmate_cli(stack, "cancel", checkmate_id, "--no-dry-run", "--reason", "stopped-by-ops")
+    assert "canceled at stage 's2'" in out, out
+    stack.wait_for("the automatic retry to fail the run", lambda: stack.run_state(dag, run) == "failed", 150, dag, run)
+
+    ti = stack.ti(dag, run)
+    assert ti["state"] == "failed" and ti["try_number"] == 2, ti  # a third try was allowed: the cancel stopped it
+    log = stack.task_log(dag, run, 2).read_text(errors="replace")
+    assert "An automatic retry (try 2) does not undo that" in log, log[-3000:]
+    assert "stopped-by-ops" in log and "clear this Airflow task" in log, log[-3000:]
+    journal = stack.journal(dag)
+    assert [w[1] for w in journal if w[0] == "start"] == ["s1", "s2"], journal
+    assert lines(journal, "cancel", "s2"), f"cancel() cleanup did not run: {journal}"
+    snap = stack.snapshot(dag, run)
+    assert snap is not None and snap.status is StageStatus.CANCELED, snap and snap.progress()
+
+    stack.api(
+        "POST",
+        f"/dags/{dag}/clearTaskInstances",
+        {"dry_run": False, "dag_run_id": run, "task_ids": [TASK], "only_failed": True, "reset_dag_runs": True},
+    )
+    stack.wait_for("the cleared run to succeed", lambda: stack.run_state(dag, run) == "success", 150, dag, run)
+    journal = stack.journal(dag)
+    assert [w[1] for w in journal if w[0] == "start"] == ["s1", "s2", "s2", "s3"], journal
+    snap = stack.snapshot(dag, run)
+    assert snap is not None and snap.status is StageStatus.COMPLETE and snap.result == expected_result(3)
+    assert stack.ti(dag, run)["try_number"] == 3

@@ -246,7 +246,8 @@ def test_clean_interrupted_midway_is_finished_by_next_bind(base: Path, tmp_path:
     assert starts(journal) == ["s1", "s2", "s3"]  # a fresh task, not a mix of old and new
 
 
-def test_cancel_requested_from_outside_stops_at_next_stage_boundary(base: Path, tmp_path: Path) -> None:
+def test_cancel_requested_from_outside_cancels_the_running_stage(base: Path, tmp_path: Path) -> None:
+    """A request made while s1 runs: s1 returns, yet it ends CANCELED (its result discarded), and so do the rest."""
     journal = tmp_path / "journal"
     proc = start_task_process(str(base), "stopme", "4", "--journal", str(journal), "--sleep", "0.6")
     deadline = time.monotonic() + 30
@@ -257,9 +258,10 @@ def test_cancel_requested_from_outside_stops_at_next_stage_boundary(base: Path, 
     assert proc.returncode == 4, out + err
     assert "CANCELED" in out and "operator asked" in out
     words = read_journal(journal)
-    assert [w[:2] for w in words] == [["start", "s1"], ["end", "s1"], ["cancel", "s2"]]  # cleanup ran once
-    stored = {n: json.loads((base / "stopme" / f"{n}.stage.json").read_text())["status"] for n in ("s1", "s2", "s4")}
-    assert stored == {"s1": "COMPLETE", "s2": "CANCELED", "s4": "CANCELED"}
+    assert [w[:2] for w in words] == [["start", "s1"], ["end", "s1"], ["cancel", "s1"]]  # cleanup ran once
+    stored = {n: json.loads((base / "stopme" / f"{n}.stage.json").read_text()) for n in ("s1", "s2", "s4")}
+    assert {n: state["status"] for n, state in stored.items()} == {"s1": "CANCELED", "s2": "CANCELED", "s4": "CANCELED"}
+    assert stored["s1"]["result"] is None and "result was discarded" in stored["s1"]["history"][-1]["message"]
     assert not (base / "stopme" / "cancel.json").exists() and not (base / "stopme" / "task.lock").exists()
 
 
@@ -285,6 +287,40 @@ def test_running_stage_can_poll_cancel_requested_and_stop_early(fast_io: TaskIO)
         assert [s.state.status for s in engine.stages] == [S.CANCELED, S.CANCELED]
         assert engine.check_sync()
     assert calls == ["cancel a"]
+
+
+def test_stage_returning_early_on_cancel_ends_canceled_and_its_result_is_discarded(fast_io: TaskIO) -> None:
+    """Stage code that sees cancel_requested and returns (partial work in its result) is CANCELED, never COMPLETE."""
+    calls: list[str] = []
+
+    class Partial(BaseStage[CounterState]):
+        def execute_stage(self, previous_state_copy: CounterState) -> None:
+            calls.append(f"run {self.stage_name}")
+            if calls == ["run a"]:
+                CheckMateEngine.request_cancel(fast_io, "early", "stop now")
+            self.state.result = [1]  # partial work
+            if self.cancel_requested:
+                return
+            self.state.result = [1, 2, 3]
+
+        def cancel(self) -> None:
+            calls.append(f"cancel {self.stage_name}")
+
+    def stages() -> list[Partial]:
+        return [Partial(stage_name=n, state=CounterState()) for n in ("a", "b")]
+
+    with CheckMateEngine(fast_io, "early", stages()) as engine:
+        with pytest.raises(TaskEngineException, match=r"canceled while .* ran .*stop now.*result was discarded"):
+            engine.execute()
+        assert engine.status is S.CANCELED and engine.task_result is None
+    assert calls == ["run a", "cancel a"]
+    with CheckMateEngine(fast_io, "early", stages(), no_lock=True) as viewer:
+        assert [s.state.status for s in viewer.stages] == [S.CANCELED, S.CANCELED]
+        assert viewer.stages[0].state.result is None
+        viewer.reset()
+        viewer.execute()  # a reset runs the canceled stage again, in full
+        assert viewer.task_result == [1, 2, 3]
+    assert calls == ["run a", "cancel a", "run a", "run b"]
 
 
 def test_request_cancel_of_unknown_task_is_refused(fast_io: TaskIO) -> None:

@@ -575,17 +575,20 @@ def test_cancel_of_a_running_stage_through_request_cancel(fast_io: TaskIO, probe
     assert not (base / "task-1" / "cancel.json").exists()
 
 
-def test_request_cancel_between_stages_cancels_at_the_next_boundary(fast_io: TaskIO, probe: Probe) -> None:
+def test_request_cancel_while_a_stage_runs_cancels_it_even_when_it_returns(fast_io: TaskIO, probe: Probe) -> None:
+    """s1 sees the request and returns normally: it ends CANCELED (RUNNING -> CANCELED), its result discarded."""
     probe.plan["s1"] = ["cancel_then_ok"]
     with new_engine(fast_io, probe, no_lock=True) as engine:
-        with pytest.raises(TaskEngineException, match="canceled"):
+        with pytest.raises(TaskEngineException, match=r"canceled while .*result was discarded"):
             engine.execute()
         s1, s2, s3 = engine.stages
-        assert_path(s1, ["RUNNING", "COMPLETE"])
+        assert_path(s1, ["RUNNING", "CANCELED"])
         assert_path(s2, ["CANCELED"])
         assert_path(s3, ["CANCELED"])
+        assert s1.state.result is None and engine.task_result is None
+        assert engine.check_sync()
     assert probe.count("run", "s2") == 0
-    assert [e for e in probe.events if e[0] == "cancel"] == [("cancel", "s2", "0")]
+    assert [e for e in probe.events if e[0] == "cancel"] == [("cancel", "s1", "1")]
 
 
 def test_request_cancel_before_execute_runs_no_stage(fast_io: TaskIO, probe: Probe) -> None:

@@ -114,3 +114,14 @@ def expected_result(count: int) -> list[int]:
     for i in range(1, count + 1):
         values.append(value_for(f"s{i}", values))
     return values
+
+
+class BlobState(BaseStageState[bytes]):
+    """A state whose result is binary data (stored as base64)."""
+
+
+class BlobStage(BaseStage[BlobState]):
+    """Returns bytes that are not UTF-8: storable, but not something Airflow's XCom takes."""
+
+    def execute_stage(self, previous_state_copy: BlobState) -> None:
+        self.state.result = b"\x00\xff\xfeblob"

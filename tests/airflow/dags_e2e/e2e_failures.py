@@ -17,6 +17,9 @@
   attempts (max_attempts=5): the engine is RETRY when ``cancel_checkmate_task`` runs.
 - ``cb_error``: s2 always fails, default max_attempts (retries + 1): the engine is ERROR when
   ``cancel_checkmate_task`` runs.
+- ``xcom_refused``: COMPLETE with a bytes result, which XCom refuses: fails once (retries=2), saying how to fix it.
+- ``raw_run_id`` / ``safe_run_id``: ``checkmate_task_id`` from ``{{ run_id }}`` (':' and '+') fails at once
+  naming the filter; with ``| replace(':', '-') | replace('+', '-')`` it runs.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from airflow_checkmate.checkmate import RetryPolicy
 from airflow_checkmate.operators.checkmate import CheckMateOperator, derive_checkmate_task_id
 from airflow_checkmate.sensors.checkmate import CheckMateSensor
 from tests.airflow.dags_e2e.e2e_support import journal_path, launch_background
-from tests.helpers.stages import make_stages
+from tests.helpers.stages import BlobStage, BlobState, make_stages
 
 DAG_ID = "e2e_failures"
 ALWAYS = {"s2": 1_000_000}
@@ -80,6 +83,17 @@ with DAG(
             stage_templates=stages("cb_error", ALWAYS),
             retries=1,
             on_failure_callback=cancel_checkmate_task,
+        ),
+        CheckMateOperator(
+            task_id="xcom_refused", stage_templates=[BlobStage(stage_name="blob", state=BlobState())], retries=2
+        ),
+        CheckMateOperator(
+            task_id="raw_run_id", checkmate_task_id="e2e-{{ run_id }}", stage_templates=stages("raw", {}), retries=2
+        ),
+        CheckMateOperator(
+            task_id="safe_run_id",
+            checkmate_task_id="e2e-{{ run_id | replace(':', '-') | replace('+', '-') }}",
+            stage_templates=stages("safe_run_id", {}),
         ),
     ]
 

@@ -9,6 +9,8 @@
 - ``start_background`` starts a CheckMate task in a separate process (slow stages) and
   ``wait_background`` (deferrable) really defers: the trigger polls until that task is COMPLETE. It
   runs after the other sensors, so no other task delays the sensor past the end of the slow stages.
+- ``auto_clean``: as the producer with ``auto_cleanup=True``: the failed try keeps its checkpoints, so the
+  retry resumes at s2; the stored state is removed once the task is COMPLETE.
 - ``collect`` writes every XCom return_value to ``$CHECKMATE_E2E_DIR/e2e_resume_sensors.xcom.json``.
 """
 
@@ -43,6 +45,12 @@ with DAG(
         task_id="producer",
         stage_templates=make_stages(3, journal_path(DAG_ID, "producer"), fail_first={"s2": 1}),
         retries=2,
+    )
+    CheckMateOperator(
+        task_id="auto_clean",
+        stage_templates=make_stages(3, journal_path(DAG_ID, "auto_clean"), fail_first={"s2": 1}),
+        retries=2,
+        auto_cleanup=True,
     )
     on_producer: dict[str, Any] = {"checkmate_task_id": PRODUCER_ID, "poke_interval": 1, "timeout": 120}
     wait_reschedule = CheckMateSensor(task_id="wait_reschedule", mode="reschedule", **on_producer)
