@@ -6,7 +6,10 @@ the task from its stored ``checkmate_factory``, imported only when the allow-lis
 Destructive batch operations default to a dry run that reports what would happen.
 """
 
+import contextlib
+import getpass
 import inspect
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +25,7 @@ from airflow_checkmate.checkmate.exceptions import (
 )
 from airflow_checkmate.checkmate.factory import load_factory
 from airflow_checkmate.checkmate.io.base import TaskIO
-from airflow_checkmate.checkmate.lease import LeaseRecord, acquire, parse_lease
+from airflow_checkmate.checkmate.lease import HOST, LeaseRecord, acquire, parse_lease
 from airflow_checkmate.checkmate.managed import CheckMate
 from airflow_checkmate.checkmate.models import TaskEngineState
 from airflow_checkmate.checkmate.registry import TaskRecord, TaskRegistry
@@ -151,7 +154,8 @@ class CheckMateService:
 
     def cancel(self, task_ids: Sequence[str], dry_run: bool = True, reason: str = "") -> list[Outcome]:
         """Cancel tasks: a live holder is asked to stop at its next stage boundary; others are canceled here."""
-        reason = reason or "canceled with `checkmate cancel`"
+        who = f"`checkmate cancel` by {_user()}@{HOST}"
+        reason = f"{reason} ({who})" if reason else f"canceled with {who}"
         return [
             self._each(task_id, "cancel", lambda task_id=task_id: self._cancel(self.record(task_id), dry_run, reason))
             for task_id in task_ids
@@ -261,3 +265,10 @@ class CheckMateService:
         self.registry.update(task_id, lock_holder=None)
         note = "; that process is alive: its next write will be refused" if details.holder_state == "live" else ""
         return Outcome(task_id, "unlock", True, f"lock broken ({holder}){note}")
+
+
+def _user() -> str:
+    """Who runs the command, recorded with a cancel (the uid where no name is known, as in some containers)."""
+    with contextlib.suppress(KeyError, OSError):
+        return getpass.getuser()
+    return f"uid {os.getuid()}"

@@ -243,7 +243,7 @@ def test_cancel_during_the_retry_wait_is_not_undone_by_the_retry_but_a_clear_res
     assert ti["state"] == "failed" and ti["try_number"] == 2, ti  # a third try was allowed: the cancel stopped it
     log = stack.task_log(dag, run, 2).read_text(errors="replace")
     assert "An automatic retry (try 2) does not undo that" in log, log[-3000:]
-    assert "stopped-by-ops" in log and "clear this Airflow task" in log, log[-3000:]
+    assert "stopped-by-ops (`checkmate cancel` by " in log and "clear this Airflow task" in log, log[-3000:]
     journal = stack.journal(dag)
     assert [w[1] for w in journal if w[0] == "start"] == ["s1", "s2"], journal
     assert lines(journal, "cancel", "s2"), f"cancel() cleanup did not run: {journal}"
