@@ -168,7 +168,7 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
         except PydanticSerializationError as cause:  # the attempt left a value that cannot be stored
             error_state = unstorable(stage.state, self._where(stage), cause)
             self._resync_stage(stage, cause)
-            if not isinstance(exc, StateNotStorable):
+            if isinstance(exc, Exception) and not isinstance(exc, StateNotStorable):  # an interruption stays one
                 error_state.__cause__, exc = exc, error_state
         state = stage.state
         error = f"{type(exc).__name__}: {exc}"
