@@ -102,7 +102,10 @@ class BaseStage(BaseModel, ABC, Generic[STAGE_STATE]):
 
     @property
     def cancel_requested(self) -> bool:
-        """True once a cancel of the task was requested; long stages may poll it and stop early."""
+        """True once a cancel of the task was requested; long stages may poll it and stop early.
+
+        Whether the stage then raises or returns, it ends CANCELED and its result is discarded.
+        """
         return self.volatile_engine_ref is not None and self.engine.cancel_requested
 
     def gen_obj_name(self, engine: "EngineCore[Any, Any] | None" = None) -> str:
