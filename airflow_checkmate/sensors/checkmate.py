@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_checkmate.checkmate import StageStatus, TaskSnapshot, read_snapshot
 from airflow_checkmate.hooks.checkmate import CheckMateHook
+from airflow_checkmate.links.checkmate import CheckMateStateLink, state_url
 from airflow_checkmate.triggers.checkmate import CheckMateTrigger
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class CheckMateSensor(BaseSensorOperator):
 
     template_fields: Sequence[str] = ("checkmate_task_id",)
     ui_color = "#b7e4c7"
+    operator_extra_links = (CheckMateStateLink(),)
 
     def __init__(
         self,
@@ -68,6 +70,11 @@ class CheckMateSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=done, xcom_value=snapshot.result if done and snapshot else None)
 
     def execute(self, context: Context) -> Any:
+        ti = context["ti"]  # the watched task's view, for the UI's CheckMate tab and the extra link
+        stored = read_snapshot(self.hook.io, self.checkmate_task_id)
+        dag_id = (stored.labels.get("airflow_dag_id") if stored else None) or ti.dag_id
+        link = state_url(self.checkmate_task_id, self.checkmate_conn_id, dag_id)
+        ti.xcom_push(key=CheckMateStateLink().xcom_key, value=link)
         if not self.deferrable:
             return super().execute(context)
         try:

@@ -182,6 +182,13 @@ class LiveStack:
             raise AssertionError(f"{method} {path} -> {response.status_code}: {response.text[:2000]}")
         return response.json() if response.content else None
 
+    def token(self, username: str, password: str) -> str:
+        """A JWT for a user of the simple auth manager (what the UI's login form gets)."""
+        response = self.http.post("/auth/token", json={"username": username, "password": password})
+        if not response.is_success:
+            raise AssertionError(f"login as {username} -> {response.status_code}: {response.text[:500]}")
+        return str(response.json()["access_token"])
+
     def trigger(self, dag_id: str, run_id: str) -> None:
         self.api("POST", f"/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None})
 
@@ -212,11 +219,13 @@ def running_stack(
     journal_env: str,
     dag_ids: Iterable[str],
     extra_env: Mapping[str, str] | None = None,
+    login: tuple[str, str] | None = None,
 ) -> Iterator[LiveStack]:
     """Start a stack on a free loopback port, wait until ``dag_ids`` are parsed, yield it, then kill it all.
 
     ``journal_env`` names the env variable through which the DAGs' stage code learns ``journal_dir``;
     ``extra_env`` is added to every component's environment (and so to the DAG files' and tasks').
+    ``login`` (user, password): for a stack with real users, the REST client logs in as that user.
     """
     port = free_port()
     env = AirflowEnv(home, dags_folder)
@@ -254,6 +263,8 @@ def running_stack(
         stack.start("scheduler", "scheduler", "--skip-serve-logs")  # callers read the log files; no 0.0.0.0:8793
         stack.start("dag-processor", "dag-processor")
         stack.wait_for("the api-server to answer", lambda: stack.http.get("/api/v2/monitor/health").is_success, 120)
+        if login:
+            stack.http.headers["Authorization"] = f"Bearer {stack.token(*login)}"
         # The execution API initialises on its first request (10-30 s on 2 cores, the api-server answering nothing
         # meanwhile); a task's first call would time out and retry for that long. Warm it up here.
         stack.wait_for(
