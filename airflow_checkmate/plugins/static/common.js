@@ -1,4 +1,4 @@
-/* CheckMate view helpers: the Airflow UI's theme and timezone, DOM building without innerHTML, JSON fetches. */
+/* CheckMate view helpers: the Airflow UI's theme and timezone, DOM built from text nodes only, JSON fetches. */
 "use strict";
 const CM = (() => {
   function parentDoc() {
