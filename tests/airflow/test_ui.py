@@ -2,7 +2,8 @@
 
 One stack for the module (tests.helpers.airflow_stack) with real users of the simple auth manager: ``admin`` and
 ``viewer``. The browser (tests.helpers.webdriver) carries the admin's login cookie, as after the login form.
-Screenshots go to tests/artifacts/ui/ (gitignored); the tab and the list are also written to docs/ for the README.
+Screenshots go to tests/artifacts/ui/ (gitignored); CHECKMATE_UPDATE_SCREENSHOTS=1 also refreshes the README's two
+in docs/.
 Tests run in file order: the reset test at the end changes the resumed task the earlier ones look at.
 """
 
@@ -113,8 +114,9 @@ def open_tab(stack: LiveStack, browser: Browser, dag_id: str, run_id: str, task_
 
 
 def shot(browser: Browser, name: str, docs: bool = False) -> None:
+    """A screenshot under tests/artifacts/ui; with CHECKMATE_UPDATE_SCREENSHOTS=1 the README's copy in docs/ too."""
     path = browser.screenshot(ARTIFACTS / f"{name}.png")
-    if docs:
+    if docs and os.environ.get("CHECKMATE_UPDATE_SCREENSHOTS") == "1":
         shutil.copy(path, ROOT / "docs" / f"{name}.png")
 
 
