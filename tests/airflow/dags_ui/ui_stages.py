@@ -18,5 +18,5 @@ def resume_stages(dag_id: str) -> list[JournalStage]:
 
 
 def slow_stages(dag_id: str) -> list[JournalStage]:
-    """Four 4-second stages: slow enough to watch the view refresh, cancel and unlock while it runs."""
-    return make_stages(4, _journal(dag_id), sleep_seconds=4.0)
+    """Five 5-second stages: slow enough to watch the view refresh, cancel and unlock while it runs."""
+    return make_stages(5, _journal(dag_id), sleep_seconds=5.0)
