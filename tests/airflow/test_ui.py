@@ -212,11 +212,7 @@ def test_live_refresh_then_admin_cancel_stops_it(stack: LiveStack, browser: Brow
     browser.wait(f"the open tab to show {waiting} running", lambda: shown()[waiting] == "RUNNING", 60)
     assert browser.script("return window.__cmMarker") == "same page"  # refreshed in place, not reloaded
     shot(browser, "checkmate-tab-live")
-    browser.click("#cm-cancel")
-    browser.wait_css("#cm-confirm[open]")
-    browser.click("#cm-confirm-yes")
-    outcome = lambda: (t := browser.text(browser.find("#cm-action-result"))) and not t.endswith("…") and t  # noqa: E731
-    result = browser.wait("the cancel's outcome", outcome, 60)
+    result = confirmed_action(browser, "#cm-cancel")
     assert "cancel requested" in result, result
     stack.wait_for("the task to be CANCELED", lambda: stack.snapshot(SLOW, run_id).status is StageStatus.CANCELED, 60)
     browser.wait(
@@ -297,7 +293,26 @@ def test_json_endpoints_errors_and_login(stack: LiveStack, resumed: str) -> None
         assert admin.get("/checkmate/api/tasks", params={"status": "bogus"}).status_code == 400
 
 
-def test_viewer_actions_are_refused_and_audited(stack: LiveStack, resumed: str) -> None:
+def confirmed_action(browser: Browser, button: str) -> str:
+    """Click an action, confirm it in the dialog, and return the outcome the page shows."""
+    browser.click(button)
+    browser.wait_css("#cm-confirm[open]")
+    browser.click("#cm-confirm-yes")
+    outcome = lambda: (t := browser.text(browser.find("#cm-action-result"))) and not t.endswith("…") and t  # noqa: E731
+    return str(browser.wait("the action's outcome", outcome, 60))
+
+
+def test_viewer_actions_are_refused_and_audited(stack: LiveStack, resumed: str, browser: Browser) -> None:
+    browser.frame(None)
+    browser.add_cookie("_token", stack.token("viewer", USERS["viewer"]))
+    try:
+        open_tab(stack, browser, RESUME, resumed)
+        assert "does not allow you to edit" in browser.text(browser.find("#cm-read-only"))
+        shown = confirmed_action(browser, "#cm-cancel")
+        assert "Airflow does not allow you to edit (cancel, reset, unlock)" in shown, shown
+    finally:
+        browser.frame(None)
+        browser.add_cookie("_token", stack.token("admin", USERS["admin"]))
     task_id = stack.snapshot(RESUME, resumed).task_id  # type: ignore[union-attr]
     body = {"dag_id": RESUME, "conn_id": "checkmate_default"}
     with client(stack, "viewer") as viewer, client(stack, "admin") as admin:
@@ -307,9 +322,10 @@ def test_viewer_actions_are_refused_and_audited(stack: LiveStack, resumed: str) 
             assert "does not allow you to edit" in refused.json()["detail"]
         as_form = admin.post(f"/checkmate/api/tasks/{task_id}/actions", data={**body, "action": "cancel"})
         assert as_form.status_code == 415
-        logs = stack.api("GET", "/eventLogs?event_pattern=checkmate")["event_logs"]
-        refused_events = {(e["event"], e["owner"]) for e in logs}
-        assert ("checkmate.cancel.refused", "viewer") in refused_events, logs
+    logs = stack.api("GET", "/eventLogs?event_pattern=checkmate")["event_logs"]
+    refused_events = [(e["event"], e["owner"]) for e in logs]
+    assert refused_events.count(("checkmate.cancel.refused", "viewer")) == 2, logs  # the browser's and the API's
+    assert ("checkmate.unlock.refused", "viewer") in refused_events, logs
     assert stack.snapshot(RESUME, resumed).status is StageStatus.COMPLETE  # type: ignore[union-attr]
 
 
@@ -329,14 +345,13 @@ def test_admin_unlock_breaks_a_held_lock(stack: LiveStack) -> None:
     assert any(e["owner"] == "admin" and e["run_id"] == run_id for e in logs), logs
 
 
-def test_admin_reset_from_a_chosen_stage(stack: LiveStack, resumed: str) -> None:
-    task_id = stack.snapshot(RESUME, resumed).task_id  # type: ignore[union-attr]
-    with client(stack, "admin") as admin:
-        out = admin.post(
-            f"/checkmate/api/tasks/{task_id}/actions",
-            json={"action": "reset", "stage": "s2", "dag_id": RESUME, "conn_id": "checkmate_default"},
-        )
-    assert out.status_code == 200 and out.json()["done"], out.text
+def test_admin_reset_from_a_chosen_stage(stack: LiveStack, resumed: str, browser: Browser) -> None:
+    open_tab(stack, browser, RESUME, resumed)
+    browser.script("document.getElementById('cm-reset-stage').value = 's2'")
+    shown = confirmed_action(browser, "#cm-reset")
+    assert "reset from stage 's2'" in shown, shown
     snap = stack.snapshot(RESUME, resumed)
     assert snap is not None
     assert [s.status for s in snap.stages] == [StageStatus.COMPLETE, StageStatus.CREATED, StageStatus.CREATED]
+    logs = stack.api("GET", f"/eventLogs?event=checkmate.reset&dag_id={RESUME}")["event_logs"]
+    assert [(e["event"], e["owner"], e["run_id"]) for e in logs] == [("checkmate.reset", "admin", resumed)], logs
