@@ -155,6 +155,7 @@ def test_tab_timeline_shows_retry_and_complete_attempts(stack: LiveStack, resume
     )
     ended = {row[0]: row[3] for row in cells}  # the history's end times: when RETRY and COMPLETE happened
     assert ended["RETRY"].startswith(local(ends[0].end_ts)) and ended["COMPLETE"].startswith(local(ends[1].end_ts))
+    browser.script("window.scrollTo(0, 0)")
     browser.frame(None)
     shot(browser, "checkmate-tab", docs=True)
 
