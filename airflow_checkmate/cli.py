@@ -16,15 +16,21 @@ from airflow_checkmate.checkmate.factory import allowed_patterns
 from airflow_checkmate.checkmate.io.base import TaskIO
 from airflow_checkmate.checkmate.registry import TaskRecord, TaskRegistry, now
 from airflow_checkmate.checkmate.service import ERRORS, CheckMateService, Outcome, TaskDetails, TaskNotFound
+from airflow_checkmate.checkmate.sqldb import safe_url
 from airflow_checkmate.checkmate.status import StageStatus
 from airflow_checkmate.cli_parser import parse_args
 
 EXIT_REFUSED, EXIT_NOT_FOUND = 1, 3
+_ORIGINS = {
+    "default": "the embedded default on this machine",
+    "environment": f"{settings.ENV_BASE_URL}/{settings.ENV_DATABASE_URL}",
+}
 
 
 def make_service(args: argparse.Namespace) -> CheckMateService:
     """The service over the configured storage and registry (flags, connection, environment, default)."""
     base_url, database_url, options = args.base_url, args.database_url, {}
+    source = ""
     if not (base_url and database_url):
         if _metadata_db_exists():  # connections defined in Airflow's metadata DB count too
             os.environ.setdefault("_AIRFLOW_PROCESS_CONTEXT", "server")
@@ -34,11 +40,14 @@ def make_service(args: argparse.Namespace) -> CheckMateService:
             database_url or resolved.database_url,
             resolved.options,
         )
+        source = resolved.source
     if args.storage_conn_id:
         options = {**options, "conn_id": args.storage_conn_id}
-    return CheckMateService(
-        TaskRegistry(database_url), TaskIO.from_base_url(base_url, **options), allowed_patterns() + args.allow_factory
-    )
+    io = TaskIO.from_base_url(base_url, **options)
+    if source:  # one line, so a user sees which store a command acts on when they did not name it
+        origin = _ORIGINS.get(source, f"the Airflow {source}")
+        print(f"checkmate: storage {io.base_url}, registry {safe_url(database_url)} (from {origin})", file=sys.stderr)
+    return CheckMateService(TaskRegistry(database_url), io, allowed_patterns() + args.allow_factory)
 
 
 def _metadata_db_exists() -> bool:

@@ -409,6 +409,14 @@ def test_settings_resolution_order(site: Site) -> None:
         assert result.returncode == 0, explain(result)
     listed = [[r["task_id"] for r in json.loads(result.stdout)] for result in results]
     assert listed == [["from-conn"], ["from-env"], ["from-default"], ["from-env"], ["from-env"]]
+    origins = [r.stderr.rpartition("(from ")[2].strip() for r in results]
+    assert origins == [
+        "the Airflow connection checkmate_default)",
+        "CHECKMATE_BASE_URL/CHECKMATE_DATABASE_URL)",
+        "the embedded default on this machine)",
+        "",  # both given on the command line: nothing to say
+        "the Airflow connection checkmate_default)",
+    ], [r.stderr for r in results]
 
 
 def test_options_after_the_subcommand_quiet_output_and_no_airflow_db(site: Site) -> None:
@@ -424,7 +432,12 @@ def test_options_after_the_subcommand_quiet_output_and_no_airflow_db(site: Site)
         ]
     )
     assert after.returncode == 0 and "## Stage 2/3: b" in after.stdout, explain(after)
-    assert quiet.returncode == 0 and quiet.stdout.strip() == "no tasks match" and quiet.stderr == "", explain(quiet)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "no tasks match", explain(quiet)
+    resolved = (  # the one line saying which storage and registry the command resolved, nothing else
+        f"checkmate: storage file://{home / 'checkmate' / 'state'}, registry sqlite:///{home / 'checkmate'}"
+        "/registry.db (from the embedded default on this machine)\n"
+    )
+    assert quiet.stderr == resolved and after.stderr == "", explain(quiet) + explain(after)
     assert verbose.returncode == 0 and "No connection 'checkmate_default'" in verbose.stderr, explain(verbose)
     assert not (home / "airflow.db").exists(), "a read-only command created Airflow's metadata DB"
 

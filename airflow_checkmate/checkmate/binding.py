@@ -50,7 +50,9 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
             raise self._exists_error()
         taken_over: LeaseRecord | None = None
         if not self.no_lock:
-            self._keeper, taken_over = acquire(self.io, self.lock_obj_name, self.bind_lock_timeout, self.owner)
+            self._keeper, taken_over = acquire(
+                self.io, self.lock_obj_name, self.bind_lock_timeout, self.owner, self.instance_key, self.try_number
+            )
         try:
             self._cancel_event.clear()
             stored = set(self.io.list(names.task_prefix(self.task_id)))
@@ -65,7 +67,7 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
             raise
         self._bound = True
         if self._keeper is not None:
-            self._keeper.start(on_tick=self._poll_cancel)
+            self._keeper.start(on_tick=self._poll_cancel, on_lost=self._lease_lost)
         log.info("bound task %s (%d stages, status %s)", self.task_id, len(stage_names), status)
 
     def _exists_error(self) -> TaskEngineException:
@@ -115,8 +117,10 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
             self.task_state.last_try = dict(self.try_mark)
             changed = True
         if taken_over is not None:
+            newer = taken_over.superseded_by(self.instance_key, self.try_number)
+            how = f"try {self.try_number} took over at once from try {taken_over.try_number}: " if newer else ""
             self.task_state.history.append(
-                TaskEvent(event="lock takeover", message=f"took over from {taken_over.describe()}")
+                TaskEvent(event="lock takeover", message=f"{how}took over from {taken_over.describe()}")
             )
         if changed:
             self._write_task_state()

@@ -90,10 +90,14 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         self._desynced = ""
         self._cancel_event = threading.Event()
         self.owner = ""
+        self.instance_key = ""  # with try_number: a newer try of the same instance takes the lease over at once
+        self.try_number = 0
         self.labels: dict[str, str] = {}
         self.try_mark: dict[str, str | int] = {}  # recorded as the task's last_try at bind (see TaskEngineState)
         self.previous_try: dict[str, str | int] = {}  # the stored last_try this bind replaced
         self._in_stage_code = False
+        self._stage_thread = 0
+        self._interrupt_lock = threading.RLock()  # re-entrant: a signal handler may interrupt its own thread
         self.interrupted: str = ""
 
     @staticmethod
@@ -200,10 +204,18 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         if self._desynced:
             raise TaskEngineException(self._desynced)
         if self._keeper is not None and self._keeper.lost.is_set():
-            raise LeaseLostException(
-                f"the bind lease of task {self.task_id!r} was taken over by another process; this engine "
-                "must stop (unbind it)"
-            )
+            raise LeaseLostException(self._lease_lost_message())
+
+    def _lease_lost(self, new_holder: str) -> None:
+        """Called from the keeper's thread when the lease was taken over (the engine also stops its stage)."""
+        self.interrupted = self._lease_lost_message()
+
+    def _lease_lost_message(self) -> str:
+        new_holder = self._keeper.lost_to if self._keeper is not None else ""
+        return (
+            f"the bind lease of task {self.task_id!r} was taken over by {new_holder or 'another process'}; "
+            "this engine stopped and wrote nothing more (unbind it)"
+        )
 
     def _write_task_state(self) -> None:
         self.io.write(names.task_obj_name(self.task_id), _json(self.task_state), fence=self._fence)

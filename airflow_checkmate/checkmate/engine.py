@@ -1,6 +1,7 @@
 """CheckMateEngine: binds a task to its stored state, runs stages in order, resumes where it stopped."""
 
 import contextlib
+import ctypes
 import logging
 import threading
 import time
@@ -14,6 +15,7 @@ from airflow_checkmate.checkmate.binding import BindingMixin
 from airflow_checkmate.checkmate.control import ControlMixin
 from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, S, _json, string_from_callable
 from airflow_checkmate.checkmate.exceptions import (
+    LeaseLostException,
     PersistenceDataNotFoundException,
     StageInterrupted,
     StateNotStorable,
@@ -79,15 +81,27 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
     def interrupt(self, reason: str) -> None:
         """Stop the run promptly: raise StageInterrupted into running stage code, or at the next boundary.
 
-        Meant for a signal handler in the thread that runs :meth:`execute` (Airflow calls ``on_kill``
-        from its SIGTERM handler): when stage code is running, the exception is raised right here and
-        so surfaces inside the stage; while the engine itself is writing, it is deferred to the next
-        stage boundary so no write is torn. ``interrupted`` keeps the reason.
+        From a signal handler in the thread that runs :meth:`execute` (Airflow calls ``on_kill`` from
+        its SIGTERM handler) the exception is raised right here, so it surfaces inside the stage; from
+        another thread (the lease keeper, when the lease was taken over) it is raised asynchronously
+        in the stage's thread at its next Python instruction (a blocking C call finishes first). While
+        the engine itself is writing, it is deferred to the next stage boundary so no write is torn.
+        ``interrupted`` keeps the reason.
         """
         self.interrupted = reason or "interrupted"
-        if self._in_stage_code and threading.current_thread() is threading.main_thread():
+        with self._interrupt_lock:
+            if not self._in_stage_code:
+                return
             self._in_stage_code = False
-            raise StageInterrupted(self.interrupted)
+            if threading.get_ident() == self._stage_thread:
+                raise StageInterrupted(self.interrupted)
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self._stage_thread), ctypes.py_object(StageInterrupted)
+            )
+
+    def _lease_lost(self, new_holder: str) -> None:
+        """The keeper saw the lease taken over: stop the stage now; fencing refuses every later write."""
+        self.interrupt(self._lease_lost_message())
 
     def _stage_boundary(self) -> None:
         self._require_bound()
@@ -136,11 +150,13 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
         stage.update_status(message, S.RUNNING, begin)
         log.info("%s: attempt %d/%d started", where, state.attempts, self.max_attempts)
         try:
-            self._in_stage_code = True
+            with self._interrupt_lock:
+                self._stage_thread, self._in_stage_code = threading.get_ident(), True
             try:
                 stage.execute_stage(previous)
             finally:
-                self._in_stage_code = False
+                with self._interrupt_lock:
+                    self._in_stage_code = False
         except BaseException as exc:
             self._stage_failed(stage, exc, where, begin)
             raise  # _stage_failed raises for Exceptions; others (KeyboardInterrupt...) propagate as is
@@ -171,6 +187,9 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
             if isinstance(exc, Exception) and not isinstance(exc, StateNotStorable):  # an interruption stays one
                 error_state.__cause__, exc = exc, error_state
         state = stage.state
+        if self._keeper is not None and self._keeper.lost.is_set():
+            # The new holder runs this task now: no rollback (it could undo the new holder's work), no write.
+            raise LeaseLostException(self._lease_lost_message()) from exc
         error = f"{type(exc).__name__}: {exc}"
         if self._cancel_pending():
             self._rollback(stage)

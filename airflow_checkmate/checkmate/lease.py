@@ -1,126 +1,56 @@
-"""The bind lock as a lease: who holds a task, until when, and the takeover of a dead holder.
+"""The bind lock as a lease: taking it (waiting, or taking over a dead, expired or superseded holder) and keeping it.
 
-A lease records an owner token, host, pid (with the pid's start time, so a reused pid is not taken for
-the holder) and a heartbeat that :class:`LeaseKeeper` renews in a background thread. A lease whose
-heartbeat is older than its ``lease_seconds``, or whose holder is provably dead (same host, pid gone),
-is taken over by compare-and-swap. Writes carry the token as a :class:`Fence`, so a holder whose lease
-was taken over cannot overwrite the new holder's state.
+A lease (:class:`~airflow_checkmate.checkmate.holder.LeaseRecord`) names its holder and carries a
+heartbeat that :class:`LeaseKeeper` renews from a background thread and, so that a stage holding the
+GIL cannot starve it, from the process's lease watcher (:mod:`.lease_watch`). A lease whose heartbeat
+is older than its ``lease_seconds``, whose holder is provably dead, or that a newer try of the same
+instance asks for, is taken over by compare-and-swap. Writes carry the token as a :class:`Fence`, so
+a holder whose lease was taken over cannot overwrite the new holder's state; its keeper notices the
+loss within a tick and calls ``on_lost`` so the engine stops its stage at once.
 """
 
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from airflow_checkmate.checkmate import lease_watch
+from airflow_checkmate.checkmate.exceptions import BindException
+from airflow_checkmate.checkmate.holder import (
+    BOOT_ID,
+    HOST,
+    PID_NS,
+    LeaseRecord,
+    own_pid_start,
+    parse_lease,
+)
+from airflow_checkmate.checkmate.io.base import Fence, TaskIO, lease_token
 
-from airflow_checkmate.checkmate.exceptions import BindException, PersistenceDataNotFoundException
-from airflow_checkmate.checkmate.io.base import Fence, TaskIO
+__all__ = ["HOST", "LeaseKeeper", "LeaseRecord", "acquire", "parse_lease"]
 
 log = logging.getLogger(__name__)
 
-HOST = socket.gethostname()
 _POLL_SECONDS = 0.05
-
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """``(state, start time)`` of ``pid`` from /proc (Linux), or None where it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return (fields[0], fields[19]) if len(fields) > 19 else None
-
-
-def _pid_start(pid: int) -> str | None:
-    stat = _proc_stat(pid)
-    return stat[1] if stat else None
-
-
-_own_start: dict[int, str | None] = {}
-
-
-def _own_pid_start() -> str | None:
-    """This process's start time, looked up once per pid (a forked child has its own)."""
-    pid = os.getpid()
-    if pid not in _own_start:
-        _own_start[pid] = _pid_start(pid)
-    return _own_start[pid]
-
-
-class LeaseRecord(BaseModel):
-    """The stored lease: which process holds the task and until when."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    token: str
-    host: str
-    pid: int
-    pid_start: str | None = None
-    owner: str = ""
-    acquired_at: float
-    heartbeat_at: float
-    lease_seconds: float
-    takeovers: int = 0
-
-    def holder_state(self, now: float | None = None) -> Literal["live", "expired", "dead"]:
-        """``expired``: no heartbeat within the lease; ``dead``: same host and the pid is gone."""
-        if (now if now is not None else time.time()) > self.heartbeat_at + self.lease_seconds:
-            return "expired"
-        if self.host == HOST and not _pid_alive(self.pid, self.pid_start):
-            return "dead"
-        return "live"
-
-    def describe(self) -> str:
-        age = time.time() - self.heartbeat_at
-        who = f" ({self.owner})" if self.owner else ""
-        return f"host {self.host} pid {self.pid}{who}, last heartbeat {age:.1f} s ago, lease {self.lease_seconds:g} s"
-
-
-def _pid_alive(pid: int, start: str | None) -> bool:
-    """False only when ``pid`` provably is not the holder: gone, a zombie, or reused by another."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True
-    state, now_start = stat
-    if state == "Z":
-        return False  # dead, not yet reaped by its parent
-    return start is None or start == now_start
-
-
-def parse_lease(raw: str, lock_name: str) -> LeaseRecord:
-    try:
-        return LeaseRecord.model_validate_json(raw)
-    except ValidationError as exc:
-        raise PersistenceDataNotFoundException(
-            f"lease object {lock_name!r} does not parse ({exc.error_count()} error(s)); it was left in "
-            "place. If no process holds the task, remove it (`checkmate unlock`) and bind again"
-        ) from exc
+_WAIT_LOG_SECONDS = 5.0
 
 
 def _new_record(
-    io: TaskIO, owner: str, takeovers: int = 0, token: str | None = None, acquired_at: float | None = None
+    io: TaskIO, owner: str, instance_key: str, try_number: int, takeovers: int = 0, token: str | None = None
 ) -> LeaseRecord:
     now = time.time()
     return LeaseRecord(
         token=token or uuid.uuid4().hex,
         host=HOST,
         pid=os.getpid(),
-        pid_start=_own_pid_start(),
+        pid_start=own_pid_start(),
+        boot_id=BOOT_ID,
+        pid_ns=PID_NS,
         owner=owner,
-        acquired_at=acquired_at or now,
+        instance_key=instance_key,
+        try_number=try_number,
+        acquired_at=now,
         heartbeat_at=now,
         lease_seconds=io.lease_seconds,
         takeovers=takeovers,
@@ -132,14 +62,21 @@ def acquire(
     lock_name: str,
     timeout: float | None,
     owner: str = "",
+    instance_key: str = "",
+    try_number: int = 0,
 ) -> tuple["LeaseKeeper", LeaseRecord | None]:
     """Take the lease, waiting up to ``timeout`` seconds (None: fail at once) for a live holder.
 
-    Returns the keeper (not yet started) and the record of a dead or expired holder taken over.
+    ``instance_key`` and ``try_number`` claim the lease for one try of one instance (Airflow's task
+    instance): a live holder that is an older try of the same instance is taken over at once. Every
+    other live holder is waited for, with a log line every few seconds naming it.
+    Returns the keeper (not yet started) and the record of a holder taken over.
     """
-    deadline = time.monotonic() + (timeout or 0.0)
+    start = time.monotonic()
+    deadline = start + (timeout or 0.0)
+    next_log = start + _WAIT_LOG_SECONDS
     while True:
-        mine = _new_record(io, owner)
+        mine = _new_record(io, owner, instance_key, try_number)
         raw = mine.model_dump_json()
         if io.lease_create(lock_name, raw):
             return LeaseKeeper(io, lock_name, mine, raw), None
@@ -148,25 +85,49 @@ def acquire(
             continue  # released between our create and read
         current = parse_lease(current_raw, lock_name)
         state = current.holder_state()
-        if state != "live":
-            mine = _new_record(io, owner, takeovers=current.takeovers + 1, token=mine.token)
+        superseded = state == "live" and current.superseded_by(instance_key, try_number)
+        if state != "live" or superseded:
+            mine = _new_record(io, owner, instance_key, try_number, current.takeovers + 1, mine.token)
             raw = mine.model_dump_json()
             if io.lease_swap(lock_name, current_raw, raw):
-                log.warning("took over the bind lease %s from a %s holder: %s", lock_name, state, current.describe())
+                if superseded:
+                    log.warning(
+                        "try %d took over the bind lease %s from try %d of the same instance at once (that try "
+                        "has ended; it can write nothing more): %s",
+                        try_number,
+                        lock_name,
+                        current.try_number,
+                        current.describe(),
+                    )
+                else:
+                    log.warning(
+                        "took over the bind lease %s from a %s holder: %s", lock_name, state, current.describe()
+                    )
                 return LeaseKeeper(io, lock_name, mine, raw), current
             continue
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             waited = f" after waiting {timeout:g} s" if timeout else ""
             raise BindException(
                 f"task lock {lock_name!r} is held by a live process{waited}: {current.describe()}. "
                 "Wait for it to finish, pass bind_lock_timeout to wait longer, or if that process is "
                 "gone for good, the lease expires by itself"
             )
-        time.sleep(min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        if now >= next_log:
+            log.info(
+                "waiting for task lock %s (%.0f s of %g s): held for %.0f s by %s",
+                lock_name,
+                now - start,
+                timeout or 0.0,
+                time.time() - current.acquired_at,
+                current.describe(),
+            )
+            next_log = now + _WAIT_LOG_SECONDS
+        time.sleep(min(_POLL_SECONDS, max(0.0, deadline - now)))
 
 
 class LeaseKeeper:
-    """Holds one lease: renews its heartbeat in a daemon thread, fences writes, releases it."""
+    """Holds one lease: renews its heartbeat (thread and watcher), notices its loss, fences writes, releases it."""
 
     def __init__(self, io: TaskIO, lock_name: str, record: LeaseRecord, raw: str) -> None:
         self.io = io
@@ -177,52 +138,107 @@ class LeaseKeeper:
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self.lost = threading.Event()
+        self.lost_to = ""
         self._thread: threading.Thread | None = None
+        self._watched = False
 
-    def start(self, on_tick: Callable[[], None] | None = None, tick_seconds: float = 1.0) -> None:
-        """Start renewing every third of the lease; ``on_tick`` runs every ``tick_seconds`` too."""
+    def start(
+        self,
+        on_tick: Callable[[], None] | None = None,
+        tick_seconds: float = 1.0,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
+        """Renew every third of the lease and check it every tick; ``on_tick`` runs every tick too.
+
+        ``on_lost(new holder)`` is called from the keeper's thread as soon as the lease is seen taken over.
+        """
+        renew_every = self.record.lease_seconds / 3
+        self._watched = lease_watch.hold(self.io, self.lock_name, self.record.token, renew_every)
         self._thread = threading.Thread(
             target=self._run,
-            args=(on_tick, tick_seconds),
+            args=(on_tick, min(tick_seconds, renew_every), renew_every, on_lost),
             name=f"checkmate-lease-{self.lock_name}",
             daemon=True,
         )
         self._thread.start()
 
-    def _run(self, on_tick: Callable[[], None] | None, tick_seconds: float) -> None:
-        renew_every = self.record.lease_seconds / 3
-        wait = min(tick_seconds, renew_every)
+    def _run(
+        self,
+        on_tick: Callable[[], None] | None,
+        tick: float,
+        renew_every: float,
+        on_lost: Callable[[str], None] | None,
+    ) -> None:
         next_renew = time.monotonic() + renew_every
-        while not self._stop.wait(wait):
+        while not self._stop.wait(tick):
             try:
-                if on_tick is not None:
-                    on_tick()
                 if time.monotonic() >= next_renew:
                     self.renew()
                     next_renew = time.monotonic() + renew_every
+                else:
+                    self.check()
+                if on_tick is not None and not self.lost.is_set():
+                    on_tick()
             except Exception:  # keep renewing through transient storage errors
                 log.warning("renewing the bind lease %s failed; will try again", self.lock_name, exc_info=True)
             if self.lost.is_set():
+                if on_lost is not None and not self._stop.is_set():
+                    on_lost(self.lost_to)
                 return
 
-    def renew(self) -> bool:
-        """Push the heartbeat forward; False (and ``lost`` set) if the lease was taken over."""
+    def _mark_lost(self, current_raw: str | None) -> None:
+        """Record that the lease is no longer ours, and who has it now (called holding the mutex)."""
+        if self.lost.is_set():
+            return
+        try:
+            self.lost_to = parse_lease(current_raw, self.lock_name).describe() if current_raw else ""
+        except Exception:
+            self.lost_to = ""
+        self.lost_to = self.lost_to or "nobody (the lock was removed, e.g. by `checkmate unlock --force`)"
+        self.lost.set()
+        log.error(
+            "the bind lease %s was taken over by %s; this engine stops its stage and writes nothing more",
+            self.lock_name,
+            self.lost_to,
+        )
+
+    def check(self) -> bool:
+        """True while the lease still carries our token; else mark it lost."""
         with self._mutex:
             if self.lost.is_set():
                 return False
-            fresh = _new_record(
-                self.io, self.record.owner, self.record.takeovers, self.record.token, self.record.acquired_at
-            )
-            raw = fresh.model_dump_json()
-            if self.io.lease_swap(self.lock_name, self._raw, raw):
-                self.record, self._raw = fresh, raw
-                return True
-            self.lost.set()
-        log.error("the bind lease %s was taken over by another process; this engine must stop", self.lock_name)
-        return False
+            current = self.io.lease_read(self.lock_name)
+            if lease_token(current) != self.record.token:
+                self._mark_lost(current)
+                return False
+            return True
+
+    def renew(self) -> bool:
+        """Push the heartbeat forward; False (and ``lost`` set) if the lease was taken over.
+
+        Compare-and-swap on the text read just before, as long as it carries our token: the watcher
+        renews the same lease, so the text may have changed without the lease changing hands.
+        """
+        with self._mutex:
+            for _ in range(5):
+                if self.lost.is_set():
+                    return False
+                current = self.io.lease_read(self.lock_name)
+                if current is None or lease_token(current) != self.record.token:
+                    self._mark_lost(current)
+                    return False
+                fresh = self.record.model_copy(update={"heartbeat_at": time.time()})
+                raw = fresh.model_dump_json()
+                if self.io.lease_swap(self.lock_name, current, raw):
+                    self.record, self._raw = fresh, raw
+                    return True
+            return True  # raced with the watcher each time, so the lease was just renewed by it
 
     def stop(self) -> None:
         self._stop.set()
+        if self._watched:
+            self._watched = False
+            lease_watch.drop(self.record.token)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
 
@@ -230,10 +246,14 @@ class LeaseKeeper:
         """Stop renewing and remove the lease if it is still ours; False if it was lost."""
         self.stop()
         with self._mutex:
-            if self.lost.is_set():
-                return False
-            released = self.io.lease_swap(self.lock_name, self._raw, None)
-            if not released:
-                self.lost.set()
-                log.warning("the bind lease %s was no longer ours at release", self.lock_name)
-            return released
+            for _ in range(20):  # the watcher may renew once more before it reads the drop
+                if self.lost.is_set():
+                    return False
+                current = self.io.lease_read(self.lock_name)
+                if current is None or lease_token(current) != self.record.token:
+                    self._mark_lost(current)
+                    log.warning("the bind lease %s was no longer ours at release", self.lock_name)
+                    return False
+                if self.io.lease_swap(self.lock_name, current, None):
+                    return True
+            return False

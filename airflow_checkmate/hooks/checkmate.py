@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,6 +15,7 @@ from airflow_checkmate.checkmate.io.base import DEFAULT_LEASE_SECONDS
 from airflow_checkmate.checkmate.registry import TaskRegistry
 from airflow_checkmate.checkmate.settings import (
     DEFAULT_CONN_ID,
+    ENV_BASE_URL,
     StorageSettings,
     default_database_url,
     default_home,
@@ -133,6 +135,25 @@ class CheckMateHook(BaseHook):
             return False, f"{type(exc).__name__}: {exc}"
         return ok, f"CheckMate storage at {io.base_url} is writable" if ok else "probe read back differently"
 
+    def local_default_warning(self) -> str | None:
+        """Why stage state on this machine's disk is a problem, when Airflow may run the next try elsewhere.
+
+        None unless the state goes to the embedded default (no connection, no CHECKMATE_BASE_URL) while
+        Airflow's configured executor is not a single-machine one (anything but Local/Sequential).
+        """
+        if "connection" in self.config["source"] or os.environ.get(ENV_BASE_URL):
+            return None
+        spread = multi_machine_executors()
+        if not spread:
+            return None
+        return (
+            f"CheckMate keeps this task's state in files on this machine ({self.config['base_url']}, the "
+            f"embedded default) but Airflow's executor is {', '.join(spread)}: a retry on another worker "
+            "cannot see it and starts over. Define the Airflow connection "
+            f"{self.checkmate_conn_id!r} (type checkmate, extra base_url postgresql://... or s3://...) in "
+            "Airflow's metadata DB, so that every worker reaches the same storage"
+        )
+
     @staticmethod
     def _mask_url_password(url: str) -> None:
         password = urlsplit(url).password if "://" in url else None
@@ -140,6 +161,18 @@ class CheckMateHook(BaseHook):
             from airflow.sdk.log import mask_secret
 
             mask_secret(password)
+
+
+SINGLE_MACHINE_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor", "DebugExecutor"})
+
+
+def multi_machine_executors() -> list[str]:
+    """The configured Airflow executors (``[core] executor``, a comma-separated list) that span machines."""
+    from airflow.sdk import conf
+
+    names = [e.strip() for e in str(conf.get("core", "executor", fallback="") or "").split(",") if e.strip()]
+    # "alias:module.Class", "module.Class" or "Class": judge by the class name
+    return [n for n in names if n.rpartition(":")[2].rpartition(".")[2] not in SINGLE_MACHINE_EXECUTORS]
 
 
 def _as_bool(value: object) -> bool:

@@ -17,6 +17,7 @@ from airflow_checkmate.checkmate import (
     BindException,
     CheckMate,
     CheckMateEngine,
+    LeaseLostException,
     RetryPolicy,
     StageInterrupted,
     StageStatus,
@@ -26,10 +27,15 @@ from airflow_checkmate.hooks.checkmate import CheckMateHook
 from airflow_checkmate.links.checkmate import CheckMateStateLink, derive_checkmate_task_id, state_url
 from airflow_checkmate.operators.rules import checked_task_id, cleared_since_last_try, stopped_message, xcom_refusal
 
-__all__ = ["CheckMateOperator", "CheckMateStateLink", "derive_checkmate_task_id", "state_url"]
+__all__ = ["CheckMateOperator", "CheckMateStateLink", "airflow_instance_key", "derive_checkmate_task_id", "state_url"]
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+
+def airflow_instance_key(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> str:
+    """The lease claim of an Airflow task instance: tries of one instance share it, try numbers order them."""
+    return json.dumps(["airflow", dag_id, task_id, run_id, -1 if map_index is None else map_index])
 
 
 class CheckMateOperator(BaseOperator):
@@ -177,6 +183,11 @@ class CheckMateOperator(BaseOperator):
             key=CheckMateStateLink().xcom_key, value=state_url(engine.task_id, self.checkmate_conn_id, ti.dag_id)
         )
         engine.owner = f"airflow {ti.dag_id}.{ti.task_id} run {ti.run_id} try {ti.try_number}"
+        engine.instance_key = airflow_instance_key(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
+        engine.try_number = int(ti.try_number)
+        warning = self.hook.local_default_warning()
+        if warning:
+            self.log.warning(warning)
         engine.labels = {"airflow_dag_id": ti.dag_id, "airflow_task_id": ti.task_id, "airflow_run_id": ti.run_id}
         engine.try_mark = {"run_id": ti.run_id, "try_number": ti.try_number, "max_tries": ti.max_tries}
         self.log.info("CheckMate task %s at %s", engine.task_id, engine.io.build_url(engine.task_id))
@@ -211,6 +222,8 @@ class CheckMateOperator(BaseOperator):
             engine.execute(strict_recovery=self.strict_recovery)
         except StageInterrupted as exc:
             raise AirflowException(f"CheckMate task {engine.task_id} was interrupted: {exc}") from exc
+        except LeaseLostException as exc:  # another holder runs the task now; this try writes nothing more
+            raise AirflowException(f"CheckMate task {engine.task_id} stopped: {exc}") from exc
         except TaskEngineException as exc:
             self.log.info("Stages:\n%s", engine.stage_table())
             if engine.status is StageStatus.RETRY:

@@ -129,6 +129,13 @@ class TaskIO(ABC):
         """Compare-and-swap: replace (or with ``new=None`` remove) the lease only if it still reads
         ``expected``; False otherwise."""
 
+    def reopen_args(self) -> tuple[str, dict[str, Any]] | None:
+        """``(url, options)`` that open this same store in another process (the lease watcher), or None.
+
+        The URL may carry a password: pass it through a pipe, never a command line.
+        """
+        return None
+
     def prune(self, prefix: str) -> None:
         """Remove leftovers (temporary files, empty folders) under a prefix with no live lease.
 

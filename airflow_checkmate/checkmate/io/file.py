@@ -71,6 +71,9 @@ class TaskIOFile(TaskIO):
             self._paths[obj_name] = path
         return path
 
+    def reopen_args(self) -> tuple[str, dict[str, Any]]:
+        return str(self.base), {"lease_seconds": self.lease_seconds, "durable": self.durable}
+
     def build_url(self, obj_name: str) -> str:
         """Return the filesystem path of an object."""
         return str(self._path(obj_name))

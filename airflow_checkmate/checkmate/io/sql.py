@@ -52,8 +52,12 @@ class TaskIOSQL(TaskIO):
     ) -> None:
         super().__init__(sqldb.safe_url(sqldb.parse_url(base_url)), lease_seconds=lease_seconds)
         self.engine = sqldb.get_engine(base_url, durable)
+        self._reopen = (base_url, {"lease_seconds": lease_seconds, "durable": durable})
         sqldb.ensure_schema(self.engine, "objects", metadata, SCHEMA_VERSION)
         self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+
+    def reopen_args(self) -> tuple[str, dict[str, Any]]:
+        return self._reopen
 
     def build_url(self, obj_name: str) -> str:
         """The database URL (password hidden) with the object's name as the fragment."""
