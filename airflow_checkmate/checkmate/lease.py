@@ -72,6 +72,7 @@ def acquire(
     other live holder is waited for, with a log line every few seconds naming it.
     Returns the keeper (not yet started) and the record of a holder taken over.
     """
+    lease_watch.prepare(io)
     start = time.monotonic()
     deadline = start + (timeout or 0.0)
     next_log = start + _WAIT_LOG_SECONDS

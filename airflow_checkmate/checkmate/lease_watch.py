@@ -3,8 +3,9 @@
 A stage that holds the GIL in one long C call (``sorted`` or ``json.loads`` on big data, a regex
 backtracking) starves the in-process heartbeat thread; were the lease to expire then, another binder
 would take over a live holder and the stage would run twice at once. So each process that holds a
-lease starts one watcher (``python -m airflow_checkmate.checkmate.lease_watch``), tells it over a
-pipe which leases it holds, and the watcher renews them while this process is alive and running.
+lease starts one watcher (a Python child running :func:`serve`) when it first tries to take a lease,
+so that it has finished starting by the time stage code runs, tells it over a pipe which leases it
+holds, and the watcher renews them while this process is alive and running.
 
 The watcher renews a lease only while the lease still carries the holder's token (compare-and-swap on
 the text it read), never creates one, and stops renewing at once when its parent is gone, a zombie or
@@ -13,10 +14,10 @@ parent exited or was killed) or its parent changes. Stores that cannot be reopen
 process (object storage, whose credentials are an Airflow connection) are renewed by the thread only.
 """
 
-import contextlib
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +31,9 @@ _mutex = threading.Lock()
 _process: tuple[int, "subprocess.Popen[bytes]"] | None = None  # (owner pid, watcher)
 
 
+_COMMAND = "import sys; from airflow_checkmate.checkmate.lease_watch import serve; sys.exit(serve(int(sys.argv[1])))"
+
+
 def _watcher() -> "subprocess.Popen[bytes] | None":
     """This process's watcher, started on first use (a forked child starts its own)."""
     global _process
@@ -37,7 +41,7 @@ def _watcher() -> "subprocess.Popen[bytes] | None":
         return _process[1]
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "airflow_checkmate.checkmate.lease_watch", str(os.getpid())],
+            [sys.executable, "-c", _COMMAND, str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             close_fds=True,
@@ -63,6 +67,13 @@ def _send(message: dict[str, Any]) -> bool:
                 proc.kill()
                 proc.wait()
         return False
+
+
+def prepare(io: TaskIO) -> None:
+    """Start this process's watcher now if ``io`` can be watched (it takes a moment to import)."""
+    if io.reopen_args() is not None:
+        with _mutex:
+            _watcher()
 
 
 def hold(io: TaskIO, lock_name: str, token: str, every: float) -> bool:
@@ -103,11 +114,13 @@ def _renew(io: TaskIO, lock_name: str, token: str) -> bool | None:
     return io.lease_swap(lock_name, raw, json.dumps(record, separators=(",", ":")))
 
 
-def _serve(parent: int, stdin: IO[bytes]) -> int:
+def serve(parent: int, stdin: IO[bytes] | None = None) -> int:
+    """The watcher's loop: read hold/drop messages, renew what is due while ``parent`` runs; exit with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent; the watcher follows it
     holds: dict[str, dict[str, Any]] = {}
     stores: dict[str, TaskIO] = {}
     pending = b""
-    fd = stdin.fileno()
+    fd = (stdin or sys.stdin.buffer).fileno()
     while True:
         readable, _, _ = select.select([fd], [], [], _POLL_SECONDS)
         if readable:
@@ -142,8 +155,3 @@ def _serve(parent: int, stdin: IO[bytes]) -> int:
                 del holds[token]
             elif renewed:
                 held["due"] = time.monotonic() + held["every"]
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(_serve(int(sys.argv[1]), sys.stdin.buffer))

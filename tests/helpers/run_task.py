@@ -2,7 +2,8 @@
 
 Used by tests that resume, kill or race real processes. Prints the final status; exit codes:
 0 COMPLETE, 3 RETRY (call again), 4 ERROR/CANCELED, 5 lock held by another process, 6 lease lost while
-releasing it (another process took the task over).
+running or releasing it (another process took the task over). ``--instance-key``/``--try-number`` set
+the lease claim as the operator does; ``--gil-chars`` makes a stage hold the GIL in one long C call.
 
 ``--clean`` ends a COMPLETE run with ``unbind(clean=True)`` (the task's objects are removed), so that kill
 campaigns can interrupt a cleanup. ``--phases`` appends phase lines to the journal, for campaigns that
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conn-id", default=None, help="Airflow connection of the store (s3://...)")
     parser.add_argument("--clean", action="store_true", help="unbind(clean=True) after a COMPLETE run")
     parser.add_argument("--phases", action="store_true", help="journal the bound/executed/unbound phases")
+    parser.add_argument("--gil-chars", default="{}", help='JSON, e.g. {"s1": 25}: hold the GIL that long')
+    parser.add_argument("--instance-key", default="", help="the lease claim's instance (as the operator sets)")
+    parser.add_argument("--try-number", type=int, default=0)
     args = parser.parse_args(argv)
 
     def phase(line: str) -> None:
@@ -63,16 +67,20 @@ def main(argv: list[str] | None = None) -> int:
 
     options: dict[str, object] = {"conn_id": args.conn_id} if args.conn_id else {}
     io = TaskIO.from_base_url(args.base, lease_seconds=args.lease, durable=not args.no_durable, **options)
-    stages = make_stages(args.stages, args.journal, args.sleep, json.loads(args.fail_first))
+    stages = make_stages(args.stages, args.journal, args.sleep, json.loads(args.fail_first), json.loads(args.gil_chars))
     policy = RetryPolicy.RETRY if args.max_attempts > 1 else RetryPolicy.NONE
     engine: CheckMateEngine = CheckMateEngine(  # type: ignore[type-arg]
         io, args.task_id, stages, policy, args.max_attempts, bind_lock_timeout=args.lock_timeout
     )
+    engine.instance_key, engine.try_number = args.instance_key, args.try_number
     try:
         with engine:
             phase(f"bound {engine.status} {_takeover_pids(engine)}")
             try:
                 engine.execute(strict_recovery=True)
+            except LeaseLostException as exc:  # taken over mid-run: the engine stopped and wrote nothing more
+                print(f"LEASE_LOST {exc}", flush=True)
+                return 6
             except TaskEngineException as exc:
                 print(f"{engine.status} {exc}", flush=True)
                 return 3 if engine.status is StageStatus.RETRY else 4

@@ -6,6 +6,7 @@ same stage class paths.
 """
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -50,6 +51,11 @@ def start_counts(path: str | Path) -> dict[str, int]:
     return counts
 
 
+def hold_gil(chars: int) -> None:
+    """One long C call that never releases the GIL: catastrophic regex backtracking (2**chars steps)."""
+    re.match(r"(a+)+$", "a" * chars + "b")
+
+
 def value_for(stage_name: str, previous: list[int]) -> int:
     """The deterministic value a stage adds, from its name and what came before."""
     return (sum(previous) * 31 + sum(map(ord, stage_name))) % 1_000_003
@@ -59,12 +65,15 @@ class JournalStage(BaseStage[CounterState]):
     """Appends ``start NAME ATTEMPT`` and ``end NAME ATTEMPT`` to ``journal_path`` around its work.
 
     ``fail_first`` makes the first N runs raise (counted in the journal, so across processes);
-    ``sleep_seconds`` makes it slow enough to be killed mid-stage.
+    ``sleep_seconds`` makes it slow enough to be killed mid-stage (in short sleeps, so that an interruption
+    raised into the stage's thread lands at once); ``gil_chars`` > 0 makes it hold the GIL in one C call
+    (a regex backtracking over that many characters: about twice as long per character).
     """
 
     journal_path: str = ""
     fail_first: int = 0
     sleep_seconds: float = 0.0
+    gil_chars: int = 0
 
     def runs_so_far(self) -> int:
         return sum(1 for w in read_journal(self.journal_path) if w[:2] == ["start", self.stage_name])
@@ -72,8 +81,11 @@ class JournalStage(BaseStage[CounterState]):
     def execute_stage(self, previous_state_copy: CounterState) -> None:
         runs = self.runs_so_far() if self.fail_first else 0
         journal(self.journal_path, f"start {self.stage_name} {self.state.attempts}")
-        if self.sleep_seconds:
-            time.sleep(self.sleep_seconds)
+        end = time.monotonic() + self.sleep_seconds
+        while time.monotonic() < end:
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+        if self.gil_chars:
+            hold_gil(self.gil_chars)
         if runs < self.fail_first:
             journal(self.journal_path, f"fail {self.stage_name} {self.state.attempts}")
             raise RuntimeError(f"planned failure {runs + 1}/{self.fail_first} of {self.stage_name}")
@@ -92,10 +104,14 @@ class JournalStage(BaseStage[CounterState]):
 
 
 def make_stages(
-    count: int, journal_path: str = "", sleep_seconds: float = 0.0, fail_first: dict[str, int] | None = None
+    count: int,
+    journal_path: str = "",
+    sleep_seconds: float = 0.0,
+    fail_first: dict[str, int] | None = None,
+    gil_chars: dict[str, int] | None = None,
 ) -> list[JournalStage]:
     """``count`` journal stages named s1..sN."""
-    fail_first = fail_first or {}
+    fail_first, gil_chars = fail_first or {}, gil_chars or {}
     return [
         JournalStage(
             stage_name=f"s{i}",
@@ -103,6 +119,7 @@ def make_stages(
             journal_path=journal_path,
             sleep_seconds=sleep_seconds,
             fail_first=fail_first.get(f"s{i}", 0),
+            gil_chars=gil_chars.get(f"s{i}", 0),
         )
         for i in range(1, count + 1)
     ]
