@@ -58,7 +58,9 @@ class CheckMateOperator(BaseOperator):
         here is passed on to Airflow unchanged.
     :param max_attempts: attempts per stage; by default the Airflow task's ``retries + 1`` (1 under
         RetryPolicy.NONE).
-    :param bind_lock_timeout: seconds to wait for another holder of the task's lock (None: fail at once).
+    :param bind_lock_timeout: seconds to wait for another holder of the task's lock (None: fail at once,
+        and Airflow retries later). An older try of the same task instance is never waited for: Airflow
+        has ended it, so this try takes its lease over at once.
     :param strict_recovery: re-run a stage left RUNNING by a dead worker (default True).
     :param auto_cleanup: remove the task's stored state once it is COMPLETE (a failed try keeps it to resume).
     :param managed: run a managed ``CheckMate``, so the task has a registry row (``checkmate list``);
