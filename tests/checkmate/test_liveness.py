@@ -105,7 +105,7 @@ def test_newer_try_takes_over_a_live_older_try_which_stops_at_once(
         out, _ = old.communicate(timeout=30)
         stopped_after = time.monotonic() - taken
         # try 1 stopped mid-stage (its stage sleeps 60 s), named the new holder, and wrote nothing more
-        assert old.returncode == 6 and out.startswith("LEASE_LOST"), out
+        assert old.returncode == 4 and out.startswith("RUNNING LeaseLostException: the bind lease"), out
         assert f"host {HOST} pid {os.getpid()}" in out, out
         assert stopped_after < 10, f"the old try ran on for {stopped_after:.1f} s after losing its lease"
         assert [w[0] for w in read_journal(journal)] == ["start"], "the old try must not end, roll back or cancel"
@@ -118,16 +118,18 @@ def test_newer_try_takes_over_a_live_older_try_which_stops_at_once(
     assert start_counts(journal) == {"s1": 2, "s2": 1}
 
 
+OTHER_RUN = '["airflow", "dag", "task", "other-run", -1]'
+
+
 @pytest.mark.parametrize(
-    ("holder_claim", "binder_claim"),
+    ("holder_claim", "binder_claims"),
     [
-        ((KEY, 1), ('["airflow", "dag", "task", "other-run", -1]', 5)),  # another run of the same task
-        ((KEY, 1), ("", 0)),  # the CLI or a script
-        (("", 0), (KEY, 2)),  # a try does not take over a script's lease
-        ((KEY, 2), (KEY, 2)),  # the same try binding again
-        ((KEY, 3), (KEY, 2)),  # an older try
+        # a try of this instance holds it: another run's try, the CLI or a script, the same try and an
+        # older try all wait
+        ((KEY, 3), [(OTHER_RUN, 5), ("", 0), (KEY, 3), (KEY, 2)]),
+        (("", 0), [(KEY, 2)]),  # a script holds it: a try does not take it over
     ],
-    ids=["other-run", "cli", "script-holder", "same-try", "older-try"],
+    ids=["try-3-holds", "script-holds"],
 )
 def test_holders_that_are_not_an_older_try_are_waited_for(
     store: str,
@@ -135,15 +137,16 @@ def test_holders_that_are_not_an_older_try_are_waited_for(
     tmp_path: Path,
     procs: list[subprocess.Popen[str]],
     holder_claim: tuple[str, int],
-    binder_claim: tuple[str, int],
+    binder_claims: list[tuple[str, int]],
 ) -> None:
     journal = tmp_path / "journal.log"
     claim = ["--instance-key", holder_claim[0], "--try-number", str(holder_claim[1])]
     live = start_task_process(*holder(store, task_id, journal, "--sleep", "60", *claim))
     procs.append(live)
     wait_for(lambda: started(journal, "s1"), what="the holder to start s1")
-    with pytest.raises(BindException, match=rf"held by a live process: host \S+ pid {live.pid}\b"):
-        engine_for(store, task_id, journal, *binder_claim).bind()
+    for binder_claim in binder_claims:
+        with pytest.raises(BindException, match=rf"held by a live process: host \S+ pid {live.pid}\b"):
+            engine_for(store, task_id, journal, *binder_claim).bind()
     assert live.poll() is None and start_counts(journal) == {"s1": 1}
 
 

@@ -1,9 +1,10 @@
 """Run a journal task in this process: ``python -m tests.helpers.run_task BASE TASK_ID STAGES [options]``.
 
 Used by tests that resume, kill or race real processes. Prints the final status; exit codes:
-0 COMPLETE, 3 RETRY (call again), 4 ERROR/CANCELED, 5 lock held by another process, 6 lease lost while
-running or releasing it (another process took the task over). ``--instance-key``/``--try-number`` set
-the lease claim as the operator does; ``--gil-chars`` makes a stage hold the GIL in one long C call.
+0 COMPLETE, 3 RETRY (call again), 4 ERROR/CANCELED (and a lease lost while running: LeaseLostException), 5 lock
+held by another process, 6 lease lost while releasing it (another process took the task over).
+``--instance-key``/``--try-number`` set the lease claim as the operator does; ``--gil-chars`` makes a
+stage hold the GIL in one long C call.
 
 ``--clean`` ends a COMPLETE run with ``unbind(clean=True)`` (the task's objects are removed), so that kill
 campaigns can interrupt a cleanup. ``--phases`` appends phase lines to the journal, for campaigns that
@@ -78,9 +79,6 @@ def main(argv: list[str] | None = None) -> int:
             phase(f"bound {engine.status} {_takeover_pids(engine)}")
             try:
                 engine.execute(strict_recovery=True)
-            except LeaseLostException as exc:  # taken over mid-run: the engine stopped and wrote nothing more
-                print(f"LEASE_LOST {exc}", flush=True)
-                return 6
             except TaskEngineException as exc:
                 print(f"{engine.status} {exc}", flush=True)
                 return 3 if engine.status is StageStatus.RETRY else 4
