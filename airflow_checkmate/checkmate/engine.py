@@ -179,6 +179,9 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
 
     def _stage_failed(self, stage: BaseStage[Any], exc: BaseException, where: str, begin: float) -> None:
         """Roll back, then move the stage to CANCELED, RETRY or ERROR and raise what the caller sees."""
+        if self._keeper is not None and self._keeper.lost.is_set():
+            # The new holder runs this task now: no rollback (it could undo the new holder's work), no write.
+            raise LeaseLostException(self._lease_lost_message()) from exc
         try:
             _json(stage.state)
         except PydanticSerializationError as cause:  # the attempt left a value that cannot be stored
@@ -187,9 +190,6 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
             if isinstance(exc, Exception) and not isinstance(exc, StateNotStorable):  # an interruption stays one
                 error_state.__cause__, exc = exc, error_state
         state = stage.state
-        if self._keeper is not None and self._keeper.lost.is_set():
-            # The new holder runs this task now: no rollback (it could undo the new holder's work), no write.
-            raise LeaseLostException(self._lease_lost_message()) from exc
         error = f"{type(exc).__name__}: {exc}"
         if self._cancel_pending():
             self._rollback(stage)
