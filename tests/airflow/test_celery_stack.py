@@ -20,7 +20,7 @@ from airflow_checkmate.checkmate import StageStatus
 from tests.airflow.dags_celery.celery_dags import STAGE_FAILS, TASK_KILLED, WORKER_KILLED
 from tests.airflow.dags_live.live_stages import JOURNAL_DIR_ENV
 from tests.helpers.airflow_stack import TASK
-from tests.helpers.celery_stack import CeleryStack, running_celery_stack
+from tests.helpers.celery_stack import CeleryStack, require_services, running_celery_stack
 from tests.helpers.recovery import SLOW_STAGE, Timeline, host_lines, kill_and_recover, start_on_a
 from tests.helpers.stages import expected_result, start_counts
 
@@ -35,7 +35,7 @@ def celery_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CelerySta
     home = tmp_path_factory.mktemp("airflow_celery_home")
     journal_dir = tmp_path_factory.mktemp("airflow_celery_journal")
     dags = (STAGE_FAILS, WORKER_KILLED, TASK_KILLED)
-    with running_celery_stack(home, DAGS_CELERY, journal_dir, JOURNAL_DIR_ENV, dags) as stack:
+    with running_celery_stack(home, DAGS_CELERY, journal_dir, JOURNAL_DIR_ENV, dags, require_services()) as stack:
         yield stack
 
 

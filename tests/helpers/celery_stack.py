@@ -187,10 +187,12 @@ def psycopg_url(url: str) -> str:
 
 @contextlib.contextmanager
 def running_celery_stack(
-    home: Path, dags_folder: Path, journal_dir: Path, journal_env: str, dag_ids: Iterable[str]
+    home: Path, dags_folder: Path, journal_dir: Path, journal_env: str, dag_ids: Iterable[str], server: str
 ) -> Iterator[CeleryStack]:
-    """Start the stack with workers ``a`` and ``b`` (the work queue on neither), yield it, then kill and drop it all."""
-    server = require_services()
+    """Start the stack with workers ``a`` and ``b`` (the work queue on neither), yield it, then kill and drop it all.
+
+    ``server`` is the PostgreSQL server URL (its two fresh databases are dropped at the end).
+    """
     suffix = secrets.token_hex(3)
     with (
         fresh_database(server, prefix="checkmate_celery_meta") as meta_url,
