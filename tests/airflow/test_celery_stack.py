@@ -7,6 +7,7 @@ work queue to worker b with Celery's control API, so the retry runs on the other
 the journal the stage code writes (host, pid, time of each run), never from the engine.
 
 The scenario with the whole worker killed runs last: it leaves worker a dead (a later check would restart it).
+The two kill scenarios' timelines then feed bench.celery_recovery's report: its smoke run, without a second stack.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from airflow_checkmate.checkmate import StageStatus
+from bench.celery_recovery import SCENARIOS, report
 from tests.airflow.dags_celery.celery_dags import STAGE_FAILS, TASK_KILLED, WORKER_KILLED
 from tests.airflow.dags_live.live_stages import JOURNAL_DIR_ENV
 from tests.helpers.airflow_stack import TASK
@@ -37,6 +39,12 @@ def celery_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CelerySta
     dags = (STAGE_FAILS, WORKER_KILLED, TASK_KILLED)
     with running_celery_stack(home, DAGS_CELERY, journal_dir, JOURNAL_DIR_ENV, dags, require_services()) as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[str, list[tuple[str, Timeline]]]:
+    """The outcome and timeline of each kill scenario, as the tests saw them (for the report check)."""
+    return {scenario: [] for scenario in SCENARIOS}
 
 
 def assert_resumed_on_b(stack: CeleryStack, dag_id: str, run_id: str) -> None:
@@ -84,7 +92,9 @@ def test_retry_on_the_other_worker_resumes_at_the_failed_stage(celery_stack: Cel
     assert [w[:2] for w in stack.journal(dag) if w[0] == "fail"] == [["fail", "s2"]]
 
 
-def test_task_process_sigkilled_retry_on_the_other_worker_succeeds_at_once(celery_stack: CeleryStack) -> None:
+def test_task_process_sigkilled_retry_on_the_other_worker_succeeds_at_once(
+    celery_stack: CeleryStack, measured: dict[str, list[tuple[str, Timeline]]]
+) -> None:
     """Only the task process dies (as the OOM killer does it), defaults everywhere: the first retry, on b, resumes.
 
     Airflow starts try 2 only after try 1 ended, so its bind takes over try 1's lease at once, although the lease
@@ -92,25 +102,39 @@ def test_task_process_sigkilled_retry_on_the_other_worker_succeeds_at_once(celer
     """
     stack, dag, run = celery_stack, TASK_KILLED, "celery_task_killed_1"
     line = kill_and_recover(stack, dag, run, whole_worker=False)
+    measured["task"].append((stack.run_state(dag, run), line))
     assert_resumed_on_b(stack, dag, run)
     assert stack.ti(dag, run)["try_number"] == 2, f"not the first retry: {line}"
     assert_tries_on(stack, dag, run, {1: "a", 2: "b"})
     assert_ordered(line)
-    print(f"\nrecovery after the task process was killed: {line}")
 
 
 def test_whole_worker_sigkilled_the_retry_on_the_other_worker_reruns_only_that_stage(
-    celery_stack: CeleryStack,
+    celery_stack: CeleryStack, measured: dict[str, list[tuple[str, Timeline]]]
 ) -> None:
     """Worker a and every process under it SIGKILLed mid-s2: Airflow finds the try by its missing heartbeat, and the
     retry on b re-runs s2 (recovered from RUNNING) and s3, never s1."""
     stack, dag, run = celery_stack, WORKER_KILLED, "celery_worker_killed_1"
     line = kill_and_recover(stack, dag, run, whole_worker=True)
+    measured["worker"].append((stack.run_state(dag, run), line))
     assert not stack.worker_alive("a")
     assert_resumed_on_b(stack, dag, run)
     s2 = stack.snapshot(dag, run).stages[1]  # type: ignore[union-attr]
     assert any("recovered after an interruption" in h.message for h in s2.history), s2.history
     assert_tries_on(stack, dag, run, {1: "a", line.retry_try: "b"})
     assert_ordered(line)
-    print(f"\nrecovery after the whole worker was killed: {line}")
     assert host_lines(stack, dag, SLOW_STAGE)[1][1] != host_lines(stack, dag, SLOW_STAGE)[0][1]
+
+
+def test_recovery_bench_reports_both_shares(
+    measured: dict[str, list[tuple[str, Timeline]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench.celery_recovery's table, from the two kill scenarios above (its smoke run: no second stack start)."""
+    if not all(measured.values()):
+        pytest.skip(f"needs both kill scenarios to have run: {measured}")
+    report(measured, runs=1, started=0.0, load="-")
+    out = capsys.readouterr().out
+    rows = {line[:44].strip(): line[44:].split() for line in out.splitlines() if line[:1].isalpha()}
+    for label in ("Airflow's share (kill -> retry running)", "CheckMate's share (retry running -> stage)"):
+        assert len(rows[label]) == 2 and all(float(cell) >= 0 for cell in rows[label]), out
+    assert "outcomes, task killed: success on try 2" in out, out
