@@ -160,6 +160,34 @@ class CeleryStack(LiveStack):
     def stop(self) -> None:
         super().stop()
         self.control.close()
+        forget_broker_keys(self.broker, self.work_queue.removeprefix("work_"))
+
+
+def forget_broker_keys(url: str, suffix: str) -> None:
+    """Remove what this stack left in Redis: keys, set and sorted-set members and hash entries naming ``suffix``
+    (its queue and host names end in it), so a long-lived Redis does not fill up; other stacks' keys stay."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(count=1000):
+        if suffix.encode() in key:
+            client.delete(key)
+            continue
+        kind = client.type(key)
+        if kind == b"set":
+            members = [m for m in client.smembers(key) if suffix.encode() in m]
+            if members:
+                client.srem(key, *members)
+        elif kind == b"zset":
+            members = [m for m in client.zrange(key, 0, -1) if suffix.encode() in m]
+            if members:
+                client.zrem(key, *members)
+        elif kind == b"hash":
+            fields = [f for f, v in client.hgetall(key).items() if suffix.encode() in v]
+            if fields:
+                client.hdel(key, *fields)
+                client.zrem(key + b"_index", *fields)  # kombu's unacked_index beside its unacked hash
+    client.close()
 
 
 def require_services() -> str:
