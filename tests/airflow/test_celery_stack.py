@@ -136,5 +136,5 @@ def test_recovery_bench_reports_both_shares(
     out = capsys.readouterr().out
     rows = {line[:44].strip(): line[44:].split() for line in out.splitlines() if line[:1].isalpha()}
     for label in ("Airflow's share (kill -> retry running)", "CheckMate's share (retry running -> stage)"):
-        assert len(rows[label]) == 2 and all(float(cell) >= 0 for cell in rows[label]), out
+        assert len(rows[label]) == 2 and all(cell.replace(".", "", 1).isdigit() for cell in rows[label]), out
     assert "outcomes, task killed: success on try 2" in out, out
