@@ -34,11 +34,11 @@ from celery import Celery
 from airflow_checkmate.checkmate import TaskIO
 from reliability.pg import fresh_database
 from tests.airflow.conftest import AirflowEnv
+from tests.airflow.dags_celery.celery_stages import QUEUE_ENV  # the DAGs' executor queue
 from tests.helpers.airflow_stack import LiveStack, free_port, stack_env, start_core
 
 REDIS_ENV = "CHECKMATE_TEST_REDIS_URL"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
-QUEUE_ENV = "CHECKMATE_CELERY_QUEUE"  # read by the DAG files: the executor queue of their tasks
 
 
 def redis_url() -> str:

@@ -7,7 +7,7 @@ import os
 import socket
 import time
 
-from tests.airflow.dags_live.live_stages import LiveStage, journal_path
+from tests.airflow.dags_live.live_stages import LiveStage, live_stages
 from tests.helpers.stages import CounterState, journal
 
 QUEUE_ENV = "CHECKMATE_CELERY_QUEUE"  # set by tests.helpers.celery_stack
@@ -26,16 +26,6 @@ def work_queue() -> str:
     return os.environ.get(QUEUE_ENV, "default")
 
 
-def host_stages(dag_id: str, first_run_sleep: float, fail_first: int = 0) -> list[HostStage]:
+def host_stages(dag_id: str, first_run_sleep: float, fail_first: int = 0) -> list[LiveStage]:
     """Stages s1..s3; s2 sleeps ``first_run_sleep`` s on its first run, then fails its first ``fail_first`` runs."""
-    path = journal_path(dag_id)
-    return [
-        HostStage(
-            stage_name=name,
-            state=CounterState(),
-            journal_path=path,
-            first_run_sleep=first_run_sleep if name == "s2" else 0.0,
-            fail_first=fail_first if name == "s2" else 0,
-        )
-        for name in ("s1", "s2", "s3")
-    ]
+    return live_stages(dag_id, "s2", first_run_sleep, fail_first, stage_class=HostStage)
