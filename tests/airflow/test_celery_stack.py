@@ -129,12 +129,20 @@ def test_whole_worker_sigkilled_the_retry_on_the_other_worker_reruns_only_that_s
 def test_recovery_bench_reports_both_shares(
     measured: dict[str, list[tuple[str, Timeline]]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """bench.celery_recovery's table, from the two kill scenarios above (its smoke run: no second stack start)."""
+    """bench.celery_recovery's table, from the two kill scenarios above (its smoke run: no second stack start).
+
+    A figure a run did not record prints as ``-``; the scenarios above judge the runs, this checks the table.
+    """
     if not all(measured.values()):
         pytest.skip(f"needs both kill scenarios to have run: {measured}")
     report(measured, runs=1, started=0.0, load="-")
     out = capsys.readouterr().out
     rows = {line[:44].strip(): line[44:].split() for line in out.splitlines() if line[:1].isalpha()}
-    for label in ("Airflow's share (kill -> retry running)", "CheckMate's share (retry running -> stage)"):
-        assert len(rows[label]) == 2 and all(cell.replace(".", "", 1).isdigit() for cell in rows[label]), out
-    assert "outcomes, task killed: success on try 2" in out, out
+    labels = [label for _, label in Timeline.ROWS]
+    labels += ["Airflow's share (kill -> retry running)", "CheckMate's share (retry running -> stage)"]
+    for label in labels:
+        assert len(rows[label]) == 2, out
+        assert all(cell == "-" or cell.replace(".", "", 1).isdigit() for cell in rows[label]), out
+    for scenario, runs in measured.items():
+        expected = ", ".join(f"{state} on try {line.retry_try}" for state, line in runs)
+        assert f"outcomes, {scenario} killed: {expected}" in out, out
