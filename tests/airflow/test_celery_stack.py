@@ -84,7 +84,7 @@ def test_retry_on_the_other_worker_resumes_at_the_failed_stage(celery_stack: Cel
     """s2 raises on worker a; the retry, sent to worker b, skips s1 and runs s2 and s3 there."""
     stack, dag, run = celery_stack, STAGE_FAILS, "celery_stage_fails_1"
     start_on_a(stack, dag, run)
-    stack.route("b")  # s2 fails 3 s later; the retry is queued 5 s after that
+    stack.route("b")  # s2 fails 6 s after it started; the retry is queued 5 s after that
     stack.wait_for("the run to end", lambda: stack.run_state(dag, run) in ("success", "failed"), 240, dag, run)
     assert_resumed_on_b(stack, dag, run)
     assert stack.ti(dag, run)["try_number"] == 2
