@@ -4,6 +4,7 @@ What runs: ``airflow api-server -w 1``, ``airflow scheduler`` and ``airflow dag-
 in its own session, with an AIRFLOW_HOME of their own and one dags folder. Callers act only as a user would: the
 REST API on 127.0.0.1 (the simple auth manager with ALL_ADMINS needs no token) and signals to task processes.
 Stage code writes a journal per DAG, ``<journal_dir>/<dag_id>.journal``, in the folder named by an env variable.
+tests.helpers.celery_stack builds its CeleryExecutor stack from the same pieces (LiveStack, stack_env, start_core).
 
 Executor and database: LocalExecutor on SQLite. In Airflow 3 only the api-server, the scheduler and the
 dag-processor open the metadata DB; tasks never do: the LocalExecutor's worker forks a supervisor that forks the
@@ -38,14 +39,14 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 
-from airflow_checkmate.checkmate import PersistenceDataNotFoundException, TaskIOFile
+from airflow_checkmate.checkmate import PersistenceDataNotFoundException, TaskIO, TaskIOFile
 from airflow_checkmate.checkmate.snapshot import TaskSnapshot, read_snapshot
 from airflow_checkmate.operators.checkmate import derive_checkmate_task_id
 from tests.airflow.conftest import AIRFLOW, AirflowEnv
@@ -63,23 +64,34 @@ def free_port() -> int:
 class LiveStack:
     """A running Airflow stack: its processes, logs, REST client and the CheckMate storage its tasks use."""
 
-    def __init__(self, env: AirflowEnv, port: int, journal_dir: Path) -> None:
+    def __init__(self, env: AirflowEnv, port: int, journal_dir: Path, state_io: TaskIO | None = None) -> None:
         self.env = env
         self.port = port
         self.journal_dir = journal_dir
+        self.state_io: TaskIO = state_io or TaskIOFile(env.state_dir)  # where the DAGs' CheckMate state lives
+        self.homes = [env.home]  # every AIRFLOW_HOME of the stack (workers may have their own task logs)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.log_files: dict[str, Path] = {}
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, trust_env=False)
 
     # ------------------------------------------------------------------ processes
 
-    def start(self, name: str, *args: str) -> None:
-        log_file = self.env.home / f"{name}.log"
+    def start(
+        self,
+        name: str,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        home: Path | None = None,
+        prefix: Sequence[str] = (),
+    ) -> None:
+        """Start ``[*prefix] airflow ARGS`` in a session of its own, logging to ``<home>/<name>.log``."""
+        home = home or self.env.home
+        log_file = home / f"{name}.log"
         with log_file.open("ab") as out:
             self.procs[name] = subprocess.Popen(
-                [AIRFLOW, *args],
-                env=self.env.env,
-                cwd=self.env.home,
+                [*prefix, AIRFLOW, *args],
+                env=dict(env or self.env.env),
+                cwd=home,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -125,8 +137,9 @@ class LiveStack:
     # ------------------------------------------------------------------ diagnostics
 
     def task_log(self, dag_id: str, run_id: str, try_number: int, task_id: str = TASK) -> Path:
-        run_dir = self.env.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
-        return run_dir / f"task_id={task_id}" / f"attempt={try_number}.log"
+        """The try's log file, in whichever home wrote it (the first home when none has yet)."""
+        rel = Path("logs", f"dag_id={dag_id}", f"run_id={run_id}", f"task_id={task_id}", f"attempt={try_number}.log")
+        return next((home / rel for home in self.homes if (home / rel).exists()), self.homes[0] / rel)
 
     def component_log_line(self, name: str, *needles: str) -> str:
         """The first line of a component's log that contains every needle ('' if none)."""
@@ -134,7 +147,7 @@ class LiveStack:
         return next((line for line in text.splitlines() if all(n in line for n in needles)), "")
 
     def task_logs(self, dag_id: str) -> list[Path]:
-        return sorted((self.env.home / "logs").glob(f"dag_id={dag_id}/**/*.log"))
+        return sorted(path for home in self.homes for path in (home / "logs").glob(f"dag_id={dag_id}/**/*.log"))
 
     def diagnostics(self, dag_id: str | None = None, run_id: str | None = None) -> str:
         """Tails of the component logs, and of the DAG's task logs, task instances and journal when known."""
@@ -144,7 +157,7 @@ class LiveStack:
             parts.append(f"----- {name} log (tail) -----\n{text[-4000:]}")
         if dag_id:
             for path in self.task_logs(dag_id):
-                parts.append(f"----- {path.relative_to(self.env.home)} (tail) -----\n{path.read_text()[-3000:]}")
+                parts.append(f"----- {path} (tail) -----\n{path.read_text(errors='replace')[-3000:]}")
             parts.append(f"----- journal -----\n{self.journal(dag_id)}")
             if run_id:
                 try:
@@ -205,10 +218,64 @@ class LiveStack:
         return read_journal(self.journal_dir / f"{dag_id}.journal")
 
     def snapshot(self, dag_id: str, run_id: str, task_id: str = TASK) -> TaskSnapshot | None:
-        return read_snapshot(TaskIOFile(self.env.state_dir), derive_checkmate_task_id(dag_id, task_id, run_id))
+        return read_snapshot(self.state_io, derive_checkmate_task_id(dag_id, task_id, run_id))
 
     def task_dir(self, dag_id: str, run_id: str, task_id: str = TASK) -> Path:
         return self.env.state_dir / derive_checkmate_task_id(dag_id, task_id, run_id)
+
+
+def stack_env(port: int, journal_env: str, journal_dir: Path) -> dict[str, str]:
+    """The settings every live stack shares, whatever its executor (see the module docstring for why each)."""
+    return {
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",  # True swaps airflow.cfg for the unit-test config
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        "NO_PROXY": "127.0.0.1,localhost",
+        journal_env: str(journal_dir),
+    }
+
+
+def start_core(stack: LiveStack, dag_ids: Iterable[str], login: tuple[str, str] | None = None) -> None:
+    """Start api-server, scheduler and dag-processor; return once the execution API answers and ``dag_ids`` parsed.
+
+    ``login`` (user, password): the REST client logs in as that user once the api-server answers.
+    """
+    port, wanted = str(stack.port), set(dag_ids)
+    stack.start("api-server", "api-server", "-w", "1", "-H", "127.0.0.1", "-p", port)
+    stack.start("scheduler", "scheduler", "--skip-serve-logs")  # callers read the log files; no 0.0.0.0:8793
+    stack.start("dag-processor", "dag-processor")
+    stack.wait_for("the api-server to answer", lambda: stack.http.get("/api/v2/monitor/health").is_success, 120)
+    if login:
+        stack.http.headers["Authorization"] = f"Bearer {stack.token(*login)}"
+    # The execution API initialises on its first request (10-30 s on 2 cores, the api-server answering nothing
+    # meanwhile); a task's first call would time out and retry for that long. Warm it up here.
+    stack.wait_for(
+        "the execution API to answer", lambda: stack.http.get("/execution/health", timeout=150).is_success, 160
+    )
+
+    def parsed() -> bool:
+        dags = {d["dag_id"] for d in stack.api("GET", "/dags")["dags"]}
+        if wanted <= dags:
+            return True
+        errors = stack.api("GET", "/importErrors")["import_errors"]
+        if errors:
+            raise AssertionError(f"DAG import errors: {errors}")
+        return False
+
+    stack.wait_for(f"the dag-processor to parse {sorted(wanted)}", parsed, 120)
 
 
 @contextlib.contextmanager
@@ -221,7 +288,7 @@ def running_stack(
     extra_env: Mapping[str, str] | None = None,
     login: tuple[str, str] | None = None,
 ) -> Iterator[LiveStack]:
-    """Start a stack on a free loopback port, wait until ``dag_ids`` are parsed, yield it, then kill it all.
+    """Start a LocalExecutor stack on a free loopback port, wait until ``dag_ids`` are parsed, yield it, kill it all.
 
     ``journal_env`` names the env variable through which the DAGs' stage code learns ``journal_dir``;
     ``extra_env`` is added to every component's environment (and so to the DAG files' and tasks').
@@ -229,58 +296,14 @@ def running_stack(
     """
     port = free_port()
     env = AirflowEnv(home, dags_folder)
-    env.env.update(
-        {
-            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",  # True swaps airflow.cfg for the unit-test config
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "2",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
-            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-            "NO_PROXY": "127.0.0.1,localhost",
-            journal_env: str(journal_dir),
-            **(extra_env or {}),
-        }
-    )
+    env.env.update({**stack_env(port, journal_env, journal_dir), "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"})
+    env.env.update(extra_env or {})
     env.run("db", "migrate", check=True, timeout=180)
     with sqlite3.connect(home / "airflow.db") as db:  # WAL: readers never block a writer (see the module docstring)
         assert db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
     stack = LiveStack(env, port, journal_dir)
-    wanted = set(dag_ids)
     try:
-        stack.start("api-server", "api-server", "-w", "1", "-H", "127.0.0.1", "-p", str(port))
-        stack.start("scheduler", "scheduler", "--skip-serve-logs")  # callers read the log files; no 0.0.0.0:8793
-        stack.start("dag-processor", "dag-processor")
-        stack.wait_for("the api-server to answer", lambda: stack.http.get("/api/v2/monitor/health").is_success, 120)
-        if login:
-            stack.http.headers["Authorization"] = f"Bearer {stack.token(*login)}"
-        # The execution API initialises on its first request (10-30 s on 2 cores, the api-server answering nothing
-        # meanwhile); a task's first call would time out and retry for that long. Warm it up here.
-        stack.wait_for(
-            "the execution API to answer", lambda: stack.http.get("/execution/health", timeout=150).is_success, 160
-        )
-
-        def parsed() -> bool:
-            dags = {d["dag_id"] for d in stack.api("GET", "/dags")["dags"]}
-            if wanted <= dags:
-                return True
-            errors = stack.api("GET", "/importErrors")["import_errors"]
-            if errors:
-                raise AssertionError(f"DAG import errors: {errors}")
-            return False
-
-        stack.wait_for(f"the dag-processor to parse {sorted(wanted)}", parsed, 120)
+        start_core(stack, dag_ids, login)
         yield stack
     finally:
         stack.stop()

@@ -32,15 +32,23 @@ def journal_path(dag_id: str) -> str:
     return os.path.join(folder, f"{dag_id}.journal") if folder else ""
 
 
-def live_stages(dag_id: str, slow_stage: str = "s2", first_run_sleep: float = 60.0) -> list[LiveStage]:
-    """Three stages s1..s3; ``slow_stage`` sleeps ``first_run_sleep`` s on its first run."""
+def live_stages(
+    dag_id: str,
+    slow_stage: str = "s2",
+    first_run_sleep: float = 60.0,
+    fail_first: int = 0,
+    stage_class: type[LiveStage] = LiveStage,
+) -> list[LiveStage]:
+    """Three stages s1..s3; ``slow_stage`` sleeps ``first_run_sleep`` s on its first run and fails its first
+    ``fail_first`` runs."""
     path = journal_path(dag_id)
     return [
-        LiveStage(
+        stage_class(
             stage_name=name,
             state=CounterState(),
             journal_path=path,
             first_run_sleep=first_run_sleep if name == slow_stage else 0.0,
+            fail_first=fail_first if name == slow_stage else 0,
         )
         for name in ("s1", "s2", "s3")
     ]
