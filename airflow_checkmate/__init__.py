@@ -3,6 +3,6 @@
 The engine lives in :mod:`airflow_checkmate.checkmate` and imports nothing from Airflow.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = ["__version__"]

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from airflow_checkmate import __version__
+
 
 def get_provider_info() -> dict[str, Any]:
     return {
@@ -9,7 +11,7 @@ def get_provider_info() -> dict[str, Any]:
         "name": "CheckMate",
         "description": "Resumable, checkpointed, multi-stage tasks: each Airflow try resumes at the stage "
         "where the last one stopped.",
-        "versions": ["0.1.0"],
+        "versions": [__version__],
         "integrations": [{"integration-name": "CheckMate", "tags": ["software"]}],
         "operators": [{"integration-name": "CheckMate", "python-modules": ["airflow_checkmate.operators.checkmate"]}],
         "sensors": [{"integration-name": "CheckMate", "python-modules": ["airflow_checkmate.sensors.checkmate"]}],
