@@ -6,6 +6,7 @@ A campaign's own module runs it alone with its options: ``python -m reliability.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 import time
@@ -14,7 +15,14 @@ CAMPAIGNS = ("kill", "race", "zombie", "faults", "hostile")
 
 
 def main(argv: list[str] | None = None) -> int:
-    names = (argv if argv is not None else sys.argv[1:]) or list(CAMPAIGNS)
+    parser = argparse.ArgumentParser(
+        prog="python -m reliability", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "campaigns", nargs="*", metavar="CAMPAIGN", help=f"some of {', '.join(CAMPAIGNS)} (default: all)"
+    )
+    args = parser.parse_args(argv)
+    names = args.campaigns or list(CAMPAIGNS)
     unknown = sorted(set(names) - set(CAMPAIGNS))
     if unknown:
         print(f"unknown campaign(s) {unknown}; choose from {list(CAMPAIGNS)}", file=sys.stderr)
