@@ -1,0 +1,6 @@
+"""The distribution's own import name, ``airflow-provider-checkmate`` -> ``airflow_provider_checkmate``.
+
+Airflow finds a provider's example DAGs by importing the module named after the distribution and
+looking for ``example_dags`` beside it; the provider's code lives in :mod:`airflow_checkmate`. This
+package holds only the example DAGs, so they load with ``[core] load_examples = True``.
+"""
