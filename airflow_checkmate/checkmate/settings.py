@@ -6,15 +6,30 @@ variables below; the embedded default, local files and SQLite under ``$AIRFLOW_H
 (``~/.checkmate`` when AIRFLOW_HOME is unset).
 """
 
+import importlib
+import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from airflow_checkmate.checkmate.exceptions import TaskEngineException
 
 ENV_BASE_URL = "CHECKMATE_BASE_URL"
 ENV_DATABASE_URL = "CHECKMATE_DATABASE_URL"
 ENV_ALLOWED_FACTORIES = "CHECKMATE_ALLOWED_FACTORIES"
 DEFAULT_CONN_ID = "checkmate_default"
+#: the module that registers the Airflow connection resolver when imported (Airflow installed)
+AIRFLOW_RESOLVER_MODULE = "airflow_checkmate.hooks.checkmate"
+
+
+class ConfigurationError(TaskEngineException):
+    """The configuration cannot work as written (a connection without base_url, a bad option): fix it, not retry."""
+
+
+class UnknownConnectionError(ConfigurationError):
+    """A connection id was named explicitly but no such connection is defined."""
 
 
 def default_home() -> Path:
@@ -47,10 +62,24 @@ def from_environment() -> StorageSettings:
     return StorageSettings(default_base_url(), default_database_url(), source=source)
 
 
+Resolver = Callable[[str], StorageSettings]
+_resolvers: list[Resolver] = []
+
+
+def register_resolver(resolver: Resolver) -> None:
+    """Make ``resolve`` read connections through ``resolver`` (the provider's hook registers one)."""
+    if resolver not in _resolvers:
+        _resolvers.append(resolver)
+
+
 def resolve(conn_id: str = DEFAULT_CONN_ID) -> StorageSettings:
-    """Settings from the Airflow connection ``conn_id`` when Airflow is installed, else the environment."""
-    try:
-        from airflow_checkmate.hooks.checkmate import CheckMateHook
-    except ImportError:
+    """Settings from the connection ``conn_id`` (when Airflow is installed), else the environment.
+
+    The engine imports nothing from Airflow: the hook module registers its resolver when imported, and is
+    imported here, by name, only when a resolution is asked for and Airflow is installed.
+    """
+    if not _resolvers and importlib.util.find_spec("airflow") is not None:
+        importlib.import_module(AIRFLOW_RESOLVER_MODULE)
+    if not _resolvers:
         return from_environment()
-    return CheckMateHook(checkmate_conn_id=conn_id).settings
+    return _resolvers[-1](conn_id)
