@@ -4,26 +4,41 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
 
 from airflow_checkmate.checkmate import TaskEngineException, TaskIO, TaskIOException
 from airflow_checkmate.checkmate.io.base import DEFAULT_LEASE_SECONDS
-from airflow_checkmate.checkmate.registry import TaskRegistry
 from airflow_checkmate.checkmate.settings import (
     DEFAULT_CONN_ID,
     ENV_BASE_URL,
+    ConfigurationError,
     StorageSettings,
+    UnknownConnectionError,
     default_database_url,
     default_home,
     from_environment,
+    register_resolver,
 )
-from airflow_checkmate.checkmate.sqldb import safe_url
 
-__all__ = ["CheckMateHook", "default_home"]
+if TYPE_CHECKING:
+    from airflow_checkmate.checkmate.registry import TaskRegistry
+
+__all__ = ["CheckMateConfigError", "CheckMateConnectionNotFound", "CheckMateHook", "default_home"]
+
+
+class CheckMateConfigError(AirflowFailException):
+    """A CheckMate setting that cannot work as written (no base_url, an unknown URL scheme, a bad option).
+
+    No retry can fix it, so a task raising it fails at once instead of waiting out its retries.
+    """
+
+
+class CheckMateConnectionNotFound(AirflowNotFoundException, CheckMateConfigError):
+    """The ``checkmate_conn_id`` named is not a defined connection."""
 
 
 class CheckMateHook(BaseHook):
@@ -57,11 +72,13 @@ class CheckMateHook(BaseHook):
             conn = self.get_connection(self.checkmate_conn_id)
         except AirflowNotFoundException:
             if self.checkmate_conn_id != self.default_conn_name:
-                raise AirflowNotFoundException(
+                raise CheckMateConnectionNotFound(
                     f"CheckMate connection {self.checkmate_conn_id!r} is not defined; create it (type "
                     f"'checkmate', extra {{\"base_url\": ...}}) or use {self.default_conn_name!r}"
                 ) from None
             fallback = from_environment()
+            from airflow_checkmate.checkmate.sqldb import safe_url  # SQLAlchemy: only on this path
+
             self.log.info(
                 "No connection %r: using %s and %s (%s)",
                 self.checkmate_conn_id,
@@ -73,7 +90,7 @@ class CheckMateHook(BaseHook):
         extra = dict(conn.extra_dejson)
         base_url = extra.get("base_url") or conn.host
         if not base_url:
-            raise AirflowException(
+            raise CheckMateConfigError(
                 f"CheckMate connection {self.checkmate_conn_id!r} has no base_url in its extra (e.g. "
                 f"file:///var/lib/checkmate)"
             )
@@ -93,7 +110,7 @@ class CheckMateHook(BaseHook):
             lease = config.get("lease_seconds")
             options["lease_seconds"] = DEFAULT_LEASE_SECONDS if lease in (None, "") else float(lease)
         except ValueError as exc:
-            raise AirflowException(f"CheckMate connection {self.checkmate_conn_id!r}: {exc}") from exc
+            raise CheckMateConfigError(f"CheckMate connection {self.checkmate_conn_id!r}: {exc}") from exc
         if config.get("durable") not in (None, ""):
             options["durable"] = _as_bool(config["durable"])
         if config.get("storage_conn_id"):
@@ -106,16 +123,22 @@ class CheckMateHook(BaseHook):
         settings = self.settings
         try:
             return TaskIO.from_base_url(settings.base_url, **settings.options)
-        except (TaskEngineException, TaskIOException, ValueError) as exc:
+        except (TaskEngineException, ValueError) as exc:  # the URL or an option is wrong: permanent
+            raise CheckMateConfigError(f"CheckMate connection {self.checkmate_conn_id!r}: {exc}") from exc
+        except TaskIOException as exc:  # the store did not answer: a later try may succeed
             raise AirflowException(f"CheckMate connection {self.checkmate_conn_id!r}: {exc}") from exc
 
     @cached_property
     def registry(self) -> TaskRegistry:
         """The task registry for the connection's database URL."""
+        from airflow_checkmate.checkmate.registry import TaskRegistry  # SQLAlchemy: only when a registry is used
+
         settings = self.settings
         try:
             return TaskRegistry(settings.database_url, durable=settings.options.get("durable", True))
-        except (TaskEngineException, TaskIOException) as exc:
+        except TaskEngineException as exc:  # not a database URL, or one CheckMate does not support
+            raise CheckMateConfigError(f"CheckMate connection {self.checkmate_conn_id!r}: {exc}") from exc
+        except TaskIOException as exc:  # the database did not answer: a later try may succeed
             raise AirflowException(f"CheckMate connection {self.checkmate_conn_id!r}: {exc}") from exc
 
     def get_conn(self) -> TaskIO:
@@ -173,6 +196,19 @@ def multi_machine_executors() -> list[str]:
     names = [e.strip() for e in str(conf.get("core", "executor", fallback="") or "").split(",") if e.strip()]
     # "alias:module.Class", "module.Class" or "Class": judge by the class name
     return [n for n in names if n.rpartition(":")[2].rpartition(".")[2] not in SINGLE_MACHINE_EXECUTORS]
+
+
+def resolve_connection(conn_id: str) -> StorageSettings:
+    """``settings.resolve`` through Airflow: an explicitly named connection that is not defined is an error."""
+    try:
+        return CheckMateHook(checkmate_conn_id=conn_id).settings
+    except AirflowNotFoundException as exc:
+        raise UnknownConnectionError(str(exc)) from None
+    except AirflowException as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+register_resolver(resolve_connection)
 
 
 def _as_bool(value: object) -> bool:

@@ -23,7 +23,7 @@ from airflow_checkmate.checkmate import (
     StageStatus,
     TaskEngineException,
 )
-from airflow_checkmate.hooks.checkmate import CheckMateHook
+from airflow_checkmate.hooks.checkmate import CheckMateConfigError, CheckMateHook
 from airflow_checkmate.links.checkmate import CheckMateStateLink, derive_checkmate_task_id, state_url
 from airflow_checkmate.operators.rules import checked_task_id, cleared_since_last_try, stopped_message, xcom_refusal
 
@@ -53,9 +53,9 @@ class CheckMateOperator(BaseOperator):
     :param checkmate_task_id: the CheckMate task id (templated); by default derived from the dag id,
         task id, run id and map index, so it is stable across tries and clears of one run.
     :param checkmate_conn_id: connection of type ``checkmate`` (the embedded default if not defined).
-    :param retry_policy: the engine's RetryPolicy (``airflow_checkmate.checkmate.RetryPolicy``); by
-        default RETRY when ``max_attempts`` > 1. An Airflow ``retry_policy`` object (Airflow 3.3+) given
-        here is passed on to Airflow unchanged.
+    :param checkmate_retry_policy: the engine's RetryPolicy (``airflow_checkmate.checkmate.RetryPolicy``,
+        or its name); by default RETRY when ``max_attempts`` > 1. BaseOperator's own ``retry_policy`` is
+        Airflow's and is left to it.
     :param max_attempts: attempts per stage; by default the Airflow task's ``retries + 1`` (1 under
         RetryPolicy.NONE).
     :param bind_lock_timeout: seconds to wait for another holder of the task's lock (None: fail at once,
@@ -83,7 +83,7 @@ class CheckMateOperator(BaseOperator):
         factory_kwargs: dict[str, Any] | None = None,
         checkmate_task_id: str | None = None,
         checkmate_conn_id: str = CheckMateHook.default_conn_name,
-        retry_policy: RetryPolicy | Any = None,
+        checkmate_retry_policy: RetryPolicy | str | None = None,
         max_attempts: int | None = None,
         bind_lock_timeout: float | None = None,
         strict_recovery: bool = True,
@@ -93,12 +93,6 @@ class CheckMateOperator(BaseOperator):
         checkmate_tags: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(retry_policy, str):
-            if retry_policy.upper() not in RetryPolicy.__members__:
-                raise ValueError(f"retry_policy {retry_policy!r} is not a CheckMate RetryPolicy (NONE or RETRY)")
-            retry_policy = RetryPolicy[retry_policy.upper()]
-        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
-            kwargs["retry_policy"] = retry_policy  # Airflow's own retry policy: BaseOperator's business
         super().__init__(**kwargs)
         if (stage_templates is None) == (checkmate_factory is None):
             raise ValueError(f"{self.task_id}: pass exactly one of stage_templates or checkmate_factory")
@@ -107,7 +101,7 @@ class CheckMateOperator(BaseOperator):
         self.factory_kwargs = factory_kwargs or {}
         self.checkmate_task_id = checkmate_task_id if not checkmate_task_id else checked_task_id(checkmate_task_id)
         self.checkmate_conn_id = checkmate_conn_id
-        self.checkmate_retry_policy = retry_policy if isinstance(retry_policy, RetryPolicy) else None
+        self.checkmate_retry_policy = _engine_policy(checkmate_retry_policy)
         self.max_attempts = max_attempts
         self.bind_lock_timeout = bind_lock_timeout
         self.strict_recovery = strict_recovery
@@ -135,8 +129,7 @@ class CheckMateOperator(BaseOperator):
         if stages is None:
             factory = self.checkmate_factory
             if isinstance(factory, str):
-                module, _, name = factory.rpartition(".")
-                factory = getattr(importlib.import_module(module), name)
+                factory = _import_factory(factory)
             stages = factory(**self.factory_kwargs)  # type: ignore[misc]
         if isinstance(stages, CheckMateEngine):
             return stages
@@ -253,3 +246,27 @@ class CheckMateOperator(BaseOperator):
         if engine is not None and engine.bound:
             self.log.warning("on_kill: interrupting CheckMate task %s", engine.task_id)
             engine.interrupt(self._killed)
+
+
+def _engine_policy(policy: RetryPolicy | str | None) -> RetryPolicy | None:
+    """``checkmate_retry_policy`` as a RetryPolicy; anything else is refused when the DAG is parsed."""
+    if policy is None or isinstance(policy, RetryPolicy):
+        return policy
+    if isinstance(policy, str) and policy.upper() in RetryPolicy.__members__:
+        return RetryPolicy[policy.upper()]
+    raise ValueError(f"checkmate_retry_policy {policy!r} is not a CheckMate RetryPolicy (NONE or RETRY)")
+
+
+def _import_factory(path: str) -> Callable[..., Any]:
+    """The factory a dotted path names; a path that cannot be imported fails the task at once (no retry)."""
+    module, _, name = path.rpartition(".")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise CheckMateConfigError(
+            f"checkmate_factory {path!r} cannot be imported ({type(exc).__name__}: {exc}); fix the path or install "
+            "its package: retrying would not help"
+        ) from exc
+    if not callable(factory):
+        raise CheckMateConfigError(f"checkmate_factory {path!r} is a {type(factory).__name__}, not a callable")
+    return factory  # type: ignore[no-any-return]

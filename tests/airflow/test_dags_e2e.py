@@ -266,7 +266,7 @@ def test_engine_error_fails_the_task_without_airflow_retries(failures_run: Run, 
 
 
 def test_retry_policy_none_fails_fast(failures_run: Run, failure_states: dict[str, str]) -> None:
-    """retry_policy=RetryPolicy.NONE (no max_attempts) with retries=3: one run of s2, then failed."""
+    """checkmate_retry_policy=RetryPolicy.NONE (no max_attempts) with retries=3: one run of s2, then failed."""
     assert failure_states["producer_none"] == "failed"
     assert failures_run.runs_of("producer_none") == ["s1", "s2"], failures_run.log("producer_none")[-4000:]
     assert len(failures_run.tries("producer_none")) == 1

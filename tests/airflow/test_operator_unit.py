@@ -219,7 +219,7 @@ def test_factory_callable_returning_an_engine_is_used_as_is(tmp_path: Path) -> N
 
 
 def test_engine_retry_policy_goes_to_the_engine_not_to_airflow() -> None:
-    op = operator(retry_policy=RetryPolicy.RETRY, retries=1)
+    op = operator(checkmate_retry_policy=RetryPolicy.RETRY, retries=1)
     assert op.retry_policy is None, "Airflow's own retry_policy must stay unset"
     assert op.checkmate_retry_policy is RetryPolicy.RETRY
     engine = op.build_engine(context())
@@ -227,14 +227,25 @@ def test_engine_retry_policy_goes_to_the_engine_not_to_airflow() -> None:
     assert engine.max_attempts == 2
 
 
-def test_airflow_retry_policy_is_passed_through_to_airflow() -> None:
+def test_airflow_retry_policy_is_airflows_alone() -> None:
+    """``retry_policy`` is BaseOperator's (Airflow 3.3): kept for Airflow, never read by the engine."""
     policy = ExceptionRetryPolicy(rules=[RetryRule(exception=ValueError, action=RetryAction.FAIL)])
-    op = operator(retry_policy=policy, retries=2)
+    op = operator(retry_policy=policy, checkmate_retry_policy=RetryPolicy.NONE, retries=2)
     assert op.retry_policy is policy
-    assert op.checkmate_retry_policy is None
+    assert op.checkmate_retry_policy is RetryPolicy.NONE
     engine = op.build_engine(context())
-    assert engine.retry_policy is RetryPolicy.RETRY
-    assert engine.max_attempts == 3
+    assert engine.retry_policy is RetryPolicy.NONE
+    assert engine.max_attempts == 1
+
+
+def test_engine_policy_given_as_retry_policy_is_not_taken_by_the_engine() -> None:
+    """The old spelling is not an alias: an engine policy passed as ``retry_policy`` never reaches the engine."""
+    try:
+        op = operator(retry_policy=RetryPolicy.NONE, retries=2)
+    except (TypeError, ValueError):
+        return  # Airflow refused it: as good
+    assert op.checkmate_retry_policy is None
+    assert op.build_engine(context()).retry_policy is RetryPolicy.RETRY
 
 
 @pytest.mark.parametrize(("retries", "attempts", "policy"), [(0, 1, "NONE"), (1, 2, "RETRY"), (4, 5, "RETRY")])
@@ -253,26 +264,26 @@ def test_explicit_max_attempts_wins_over_retries() -> None:
 def test_explicit_engine_policy_none_with_airflow_retries_means_one_attempt() -> None:
     # retries may be set for Airflow's reasons (a busy lock is retried later); an explicit
     # RetryPolicy.NONE says a stage error is final, so the engine gets one attempt per stage.
-    engine = operator(retry_policy=RetryPolicy.NONE, retries=3).build_engine(context())
+    engine = operator(checkmate_retry_policy=RetryPolicy.NONE, retries=3).build_engine(context())
     assert engine.retry_policy is RetryPolicy.NONE
     assert engine.max_attempts == 1
 
 
 def test_engine_policy_none_with_more_attempts_is_refused() -> None:
     with pytest.raises(TaskEngineException, match=r"RetryPolicy\.NONE requires max_attempts == 1"):
-        operator(retry_policy=RetryPolicy.NONE, max_attempts=3).build_engine(context())
+        operator(checkmate_retry_policy=RetryPolicy.NONE, max_attempts=3).build_engine(context())
 
 
-@pytest.mark.parametrize("name", ["RETRY", "NONE"])
-def test_engine_policy_by_name_is_never_handed_to_airflow(name: str) -> None:
-    # RetryPolicy is a str enum: "RETRY" is an easy mistake. It must be read as the engine policy or
-    # refused at once, never kept as Airflow's retry_policy (which Airflow calls .evaluate() on).
-    try:
-        op = operator(retry_policy=name)
-    except (TypeError, ValueError):
-        return
+@pytest.mark.parametrize("name", ["RETRY", "NONE", "retry"])
+def test_engine_policy_by_name(name: str) -> None:
+    op = operator(checkmate_retry_policy=name)
     assert op.retry_policy is None
-    assert op.checkmate_retry_policy is RetryPolicy(name)
+    assert op.checkmate_retry_policy is RetryPolicy(name.upper())
+
+
+def test_unknown_engine_policy_name_is_refused_at_parse_time() -> None:
+    with pytest.raises(ValueError, match=r"checkmate_retry_policy 'ALWAYS' is not a CheckMate RetryPolicy"):
+        operator(checkmate_retry_policy="ALWAYS")
 
 
 # ---- the state link ------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 - ``producer_err``: s2 always fails, ``max_attempts=1``, Airflow ``retries=3``: the engine goes ERROR on
   the first try and the Airflow task must fail without using its retries.
-- ``producer_none``: as producer_err with ``retry_policy=RetryPolicy.NONE`` and no max_attempts.
+- ``producer_none``: as producer_err with ``checkmate_retry_policy=RetryPolicy.NONE`` and no max_attempts.
 - ``use_result``: consumes ``producer_err``'s result and never runs (upstream_failed). A DAG run's state
   comes from its leaves, and this is the leaf that fails the run: every other task is upstream of the
   deferrable chain, whose last sensor is skipped.
@@ -68,7 +68,7 @@ with DAG(
             task_id="producer_none",
             stage_templates=stages("producer_none", ALWAYS),
             retries=3,
-            retry_policy=RetryPolicy.NONE,
+            checkmate_retry_policy=RetryPolicy.NONE,
         ),
         CheckMateOperator(task_id="clearable", stage_templates=stages("clearable", {"s2": 1}), max_attempts=1),
         CheckMateOperator(
