@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,8 @@ from airflow_checkmate.checkmate.sqldb import safe_url
 from airflow_checkmate.checkmate.status import StageStatus
 from airflow_checkmate.cli_parser import parse_args
 
-EXIT_REFUSED, EXIT_NOT_FOUND = 1, 3
+EXIT_REFUSED, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
+_PASSWORD = re.compile(r"(://[^/\s:@]*:)[^@\s/]+@")  # the password of a URL in an error message
 _ORIGINS = {
     "default": "the embedded default on this machine",
     "environment": f"{settings.ENV_BASE_URL}/{settings.ENV_DATABASE_URL}",
@@ -31,7 +33,7 @@ def make_service(args: argparse.Namespace) -> CheckMateService:
     """The service over the configured storage and registry (flags, connection, environment, default)."""
     base_url, database_url, options = args.base_url, args.database_url, {}
     source = ""
-    if not (base_url and database_url):
+    if _needs_airflow(args):
         if _metadata_db_exists():  # connections defined in Airflow's metadata DB count too
             os.environ.setdefault("_AIRFLOW_PROCESS_CONTEXT", "server")
         resolved = settings.resolve(args.conn_id)
@@ -62,10 +64,16 @@ def _metadata_db_exists() -> bool:
     return Path(url[len("sqlite:///") :].split("?", 1)[0]).exists()
 
 
-def _configure_logging(verbose: bool) -> None:
+def _needs_airflow(args: argparse.Namespace) -> bool:
+    """Only a setting not given as a flag is looked up through Airflow; explicit URLs never import it."""
+    return not (args.base_url and args.database_url)
+
+
+def _configure_logging(verbose: bool, with_airflow: bool) -> None:
     """Logs to stderr (warnings, or everything with -v), so stdout holds only the command's output."""
-    with contextlib.suppress(ImportError), contextlib.redirect_stdout(sys.stderr):
-        import airflow.sdk  # noqa: F401  (importing Airflow configures logging; ours must come after it)
+    if with_airflow:
+        with contextlib.suppress(ImportError), contextlib.redirect_stdout(sys.stderr):
+            import airflow.sdk  # noqa: F401  (importing Airflow configures logging; ours must come after it)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         stream=sys.stderr,
@@ -76,18 +84,25 @@ def _configure_logging(verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(argv) if argv is not None else None)
-    _configure_logging(args.verbose)
+    _configure_logging(args.verbose, _needs_airflow(args))
     try:
         return _run(args)
     except BrokenPipeError:  # `checkmate list | head`
         sys.stderr.close()
         return 0
     except TaskNotFound as exc:
-        print(f"checkmate: error: {exc}", file=sys.stderr)
-        return EXIT_NOT_FOUND
+        return _error(exc, EXIT_NOT_FOUND)
+    except settings.ConfigurationError as exc:  # an unknown --conn-id, a connection without base_url
+        return _error(exc, EXIT_USAGE)
     except ERRORS as exc:
-        print(f"checkmate: error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _error(exc, EXIT_REFUSED)
+
+
+def _error(exc: BaseException, code: int) -> int:
+    """One line on stderr, never a traceback: drivers' messages span lines, and the URL in them is masked."""
+    text = _PASSWORD.sub(r"\1***@", " ".join(str(exc).split()))
+    print(f"checkmate: error: {text}", file=sys.stderr)
+    return code
 
 
 def _run(args: argparse.Namespace) -> int:

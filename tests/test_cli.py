@@ -280,7 +280,7 @@ def test_cancel_is_a_dry_run_by_default_then_cancels(site: Site) -> None:
     assert site.snapshot() == before
     for result in (by_id, by_status, by_queue):
         assert result.returncode == 0, explain(result)
-    assert by_id.stdout.splitlines()[1].split()[:2] == ["r1", "cancel"] and "dry run: would cancel" in by_id.stdout
+    assert by_id.stdout.splitlines()[1].split()[:2] == ["r1", "cancel"] and "dry run: would rebuild it" in by_id.stdout
     outcomes = json.loads(by_status.stdout)
     assert [(o["task_id"], o["done"]) for o in outcomes] == [("r1", False), ("r2", False)]
     assert all(o["message"].startswith("dry run") for o in outcomes)
@@ -348,6 +348,50 @@ def test_bad_arguments_fail_clearly_and_change_nothing(site: Site) -> None:
         assert message in result.stderr and result.stdout == "", explain(result)
         assert "Traceback" not in result.stderr, explain(result)
     assert site.snapshot() == before
+
+
+def test_configuration_and_storage_errors_are_one_line_and_an_exit_code(site: Site) -> None:
+    """An unknown --conn-id exits 2; a database that refuses connections exits 1 naming it, password masked."""
+    home = site.tmp / "errors_home"
+    refused = "postgresql://cm:s3cret@127.0.0.1:1/none"
+    unknown_conn, unreachable, bad_scheme, conn_without_url = run_all(
+        [
+            (["--conn-id", "cm_undefined", "list"], clean_env(home)),
+            (["--base-url", str(site.store), "--database-url", refused, "list"], clean_env(home)),
+            (["--base-url", "ftp://cm:s3cret@files.example/x", "--database-url", site.db, "list"], clean_env(home)),
+            (["--conn-id", "cm_empty", "list"], clean_env(home, AIRFLOW_CONN_CM_EMPTY='{"conn_type": "checkmate"}')),
+        ]
+    )
+    for result in (unknown_conn, unreachable, bad_scheme, conn_without_url):
+        assert result.stdout == "" and len(result.stderr.splitlines()) == 1, explain(result)
+        assert result.stderr.startswith("checkmate: error: ") and "Traceback" not in result.stderr, explain(result)
+        assert "s3cret" not in result.stderr, explain(result)
+    assert unknown_conn.returncode == 2 and "'cm_undefined' is not defined" in unknown_conn.stderr, explain(
+        unknown_conn
+    )
+    assert unreachable.returncode == 1, explain(unreachable)
+    assert "postgresql+psycopg://cm:***@127.0.0.1:1/none" in unreachable.stderr, explain(unreachable)
+    assert bad_scheme.returncode == 1 and "'ftp://cm:***@files.example/x'" in bad_scheme.stderr, explain(bad_scheme)
+    assert conn_without_url.returncode == 2 and "'cm_empty' has no base_url" in conn_without_url.stderr
+    assert not (home / "airflow.db").exists()
+
+
+def test_cancel_dry_run_says_what_the_real_run_does(site: Site) -> None:
+    """Without the factory allowed, the dry run and the real run both leave a request, not a cancel here."""
+    assert site.task("r1", fail=True) is S.RETRY
+    assert site.task("r2", fail=True) is S.RETRY
+    (dry, allowed_dry) = site.run(["cancel", "r1"], [*ALLOW, "cancel", "r2"])
+    assert dry.returncode == 0, explain(dry)
+    assert "dry run: would request a cancel; it takes effect, running cancel(), when the task next runs" in dry.stdout
+    assert "not in the allow-list" in dry.stdout, explain(dry)
+    assert "dry run: would rebuild it with tests.helpers.managed_tasks." in allowed_dry.stdout, explain(allowed_dry)
+    assert "cancel it here and run its cancel()" in allowed_dry.stdout, explain(allowed_dry)
+
+    (real, allowed_real) = site.run(["cancel", "r1", "--no-dry-run"], [*ALLOW, "cancel", "r2", "--no-dry-run"])
+    assert "cancel requested; it takes effect, running cancel(), when the task next runs" in real.stdout, explain(real)
+    assert site.status("r1") is S.RETRY and events(site.journal, "cancel") == ["cancel b"]
+    assert "canceled at stage 'b'; its cancel() ran" in allowed_real.stdout, explain(allowed_real)
+    assert site.status("r2") is S.CANCELED
 
 
 def test_clean_and_reset(site: Site) -> None:

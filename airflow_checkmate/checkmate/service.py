@@ -176,8 +176,7 @@ class CheckMateService:
             return Outcome(record.task_id, "cancel", False, f"skipped: it is {status or 'not stored'}")
         holder = details.lease.describe() if details.lease and details.holder_state == "live" else ""
         if dry_run:
-            how = f"ask its holder ({holder}) to stop" if holder else "cancel it here, running cancel()"
-            return Outcome(record.task_id, "cancel", False, f"dry run: would {how}")
+            return Outcome(record.task_id, "cancel", False, f"dry run: would {self._cancel_plan(record, holder)}")
         io = self.io_for(record)
         if not holder:
             try:
@@ -203,6 +202,18 @@ class CheckMateService:
             True,
             f"cancel requested; {holder or 'the holder'} stops at its next stage boundary and runs cancel()",
         )
+
+    def _cancel_plan(self, record: TaskRecord, holder: str) -> str:
+        """What ``_cancel`` will do, in its words: the dry run imports the factory (allow-listed) but calls nothing."""
+        if holder:
+            return f"request a cancel; {holder} stops at its next stage boundary and runs cancel()"
+        try:
+            if not record.checkmate_factory:
+                raise TaskEngineException("no importable checkmate_factory is recorded")
+            load_factory(record.checkmate_factory, self.allowed_factories)
+        except Exception as exc:  # importing a module is user code: report whatever it raises
+            return f"request a cancel; it takes effect, running cancel(), when the task next runs ({exc})"
+        return f"rebuild it with {record.checkmate_factory}, cancel it here and run its cancel()"
 
     def reset(self, task_id: str, stage_name: str | None = None) -> Outcome:
         """Make an ERROR/CANCELED task runnable again, or restart it from ``stage_name``."""
