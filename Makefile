@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q
 QUIET := sed -u '/is ignored: it is neither a file nor a directory/d'
 
-.PHONY: demo engine-demo test lint typecheck unit bench reliability clean
+.PHONY: demo engine-demo test lint typecheck unit bench reliability install-check clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version'
@@ -54,6 +54,13 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.resume
 	$(BIN)/python -m bench.large_state
 	$(BIN)/python -m bench.airflow_chain
+	$(BIN)/python -m bench.startup
+
+# Fresh virtualenvs, `pip install` of the built wheel with [s3], [postgres], alone, and on the lowest
+# Airflow declared, without a constraints file, timed (limit 3 min each). Needs the package index and
+# several minutes, so it is not part of `make test`; its test skips, with the reason, when not asked for.
+install-check: $(VENV)/.installed-test
+	CHECKMATE_INSTALL_CHECK=1 $(BIN)/python -m pytest -p no:cacheprovider -s tests/test_fresh_install.py
 
 # Reliability campaigns at full size (a seeded subset of each runs in `make test`); PostgreSQL as in .ci/run.
 reliability: $(VENV)/.installed-test

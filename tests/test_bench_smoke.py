@@ -85,3 +85,11 @@ def test_profile_prints_the_io_census_and_a_profile() -> None:
     census = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith(("bind", "per stage", "unbind"))]
     assert census == ["bind", "per", "unbind"], proc.stdout
     assert "Profile: N=3" in proc.stdout
+
+
+def test_startup_benchmark_prints_every_case() -> None:
+    """``python -m bench.startup`` with one round: a row per case and the connection's added cost."""
+    proc = run_bench("bench.startup", "--rounds", "1")
+    for case in ("bare interpreter", "import airflow_checkmate.checkmate", "checkmate list (explicit URLs)"):
+        assert case in proc.stdout, proc.stdout
+    assert "the connection adds" in proc.stdout, proc.stdout
