@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
 from airflow.sdk.log import redact
 
 from airflow_checkmate.checkmate import TaskIOFile
@@ -152,6 +152,34 @@ def test_bad_url_scheme_is_a_clear_error_naming_connection_and_scheme(monkeypatc
         CheckMateHook("cm_ftp").get_conn()
     assert "'ftp'" in str(info.value)
     assert "file://" in str(info.value), "the message should say which schemes are supported"
+
+
+@pytest.mark.parametrize(
+    ("conn_id", "extra", "where"),
+    [
+        ("cm_nowhere", None, "io"),
+        ("cm_empty", {"lease_seconds": 10}, "io"),
+        ("cm_ftp", {"base_url": "ftp://example.org/state"}, "io"),
+        ("cm_lease", {"base_url": "/tmp/x", "lease_seconds": "soon"}, "io"),
+        ("cm_mysql", {"base_url": "/tmp/x", "database_url": "mysql://db/x"}, "registry"),
+    ],
+)
+def test_configuration_errors_fail_without_retry(
+    monkeypatch: pytest.MonkeyPatch, conn_id: str, extra: dict[str, Any] | None, where: str
+) -> None:
+    """A setting no retry can fix raises AirflowFailException, so the task fails at once."""
+    if extra is not None:
+        set_conn(monkeypatch, conn_id, extra)
+    with pytest.raises(AirflowFailException, match=rf"'{conn_id}'"):
+        getattr(CheckMateHook(conn_id), where)
+
+
+def test_a_database_that_does_not_answer_is_retried(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A refused connection may work on a later try: a plain AirflowException, not AirflowFailException."""
+    set_conn(monkeypatch, "cm_down", {"base_url": str(tmp_path), "database_url": "postgresql://cm@127.0.0.1:1/x"})
+    with pytest.raises(AirflowException, match=r"'cm_down'") as info:
+        _ = CheckMateHook("cm_down").registry
+    assert not isinstance(info.value, AirflowFailException)
 
 
 def test_test_connection_true_on_a_writable_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
