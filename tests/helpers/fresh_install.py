@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,8 +64,12 @@ def user_env(no_cache: bool) -> dict[str, str]:
 
 
 def build_wheel(out: Path, env: dict[str, str]) -> Path:
+    """The wheel of a clean copy of the tree (an in-tree build would leave build/ behind, and reuse it)."""
+    source = out.parent / "source"
+    junk = (".git", ".venv", "build", "*.egg-info", ".demo", "__pycache__", ".*_cache")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*junk))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(out)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(source), "-w", str(out)],
         check=True,
         env=env,
         capture_output=True,
