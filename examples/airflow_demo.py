@@ -1,6 +1,6 @@
 """`make demo`: run the example DAG checkmate_etl_resume in real Airflow and show the task resuming.
 
-The DAG is airflow_provider_checkmate/example_dags/checkmate_etl_resume.py, shipped in the package.
+The DAG is dags_examples/checkmate_etl_resume.py (shipped in the package as its example_dags).
 
 Uses a throw-away AIRFLOW_HOME under .demo/airflow with the embedded default (SQLite metadata DB,
 CheckMate state as local files). The DAG's transform stage fails once: Airflow retries the task and
@@ -27,7 +27,7 @@ def main() -> int:
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(HOME),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow_provider_checkmate" / "example_dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags_examples"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
     }

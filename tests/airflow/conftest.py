@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import ROOT
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-EXAMPLES = ROOT / "airflow_provider_checkmate" / "example_dags"
+EXAMPLES = ROOT / "dags_examples"
 
 
 class AirflowEnv:
@@ -78,5 +78,5 @@ def airflow_env_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[[P
 
 @pytest.fixture(scope="session")
 def examples_env(airflow_env_factory: Callable[[Path], AirflowEnv]) -> AirflowEnv:
-    """Airflow with the shipped example_dags/ as its dags folder."""
+    """Airflow with the project's dags_examples/ as its dags folder."""
     return airflow_env_factory(EXAMPLES)

@@ -1,5 +1,4 @@
-"""The example DAGs shipped in airflow_provider_checkmate/example_dags/: they import cleanly, and each one
-does what its docstring says.
+"""The example DAGs in dags_examples/: they import cleanly, and each one does what its docstring says.
 
 Every example runs once under the real ``airflow dags test`` (a subprocess, SQLite metadata DB, the
 embedded default storage under ``$AIRFLOW_HOME/checkmate/state``); the assertions read what the run
@@ -113,7 +112,7 @@ def test_every_example_imports_into_a_dagbag_without_errors_or_warnings(examples
 
     files = sorted(p.name for p in EXAMPLES.glob("*.py"))
     loaded = sorted({Path(d["file"]).name for d in bag["dags"].values()})
-    assert loaded == files, "every file in example_dags/ must define a DAG"
+    assert loaded == files, "every file in dags_examples/ must define a DAG"
     assert {
         "checkmate_etl_resume",
         "checkmate_factory_params",
