@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 import tomllib
 
+import airflow_checkmate
 from airflow_checkmate.get_provider_info import get_provider_info
 from tests.airflow.conftest import EXAMPLES, AirflowEnv
 from tests.conftest import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 DIST = PYPROJECT["name"]
+VERSION = airflow_checkmate.__version__  # the one place it is written; pyproject.toml reads it from there
 COMMANDS = ("list", "hooks", "links")
 
 
@@ -67,7 +69,7 @@ def providers_cli(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[di
 def test_providers_list_shows_the_package(providers_cli: dict[str, list[dict[str, Any]]]) -> None:
     rows = [r for r in providers_cli["list"] if r["package_name"] == DIST]
     assert len(rows) == 1, providers_cli["list"]
-    assert rows[0]["version"] == PYPROJECT["version"]
+    assert rows[0]["version"] == VERSION
     assert "resum" in rows[0]["description"].lower()
 
 
@@ -92,8 +94,8 @@ def test_providers_links_shows_the_state_link(providers_cli: dict[str, list[dict
 def test_package_name_is_the_distribution_name() -> None:
     info = get_provider_info()
     assert info["package-name"] == DIST == "airflow-provider-checkmate"
-    assert info["versions"][0] == PYPROJECT["version"]
-    assert importlib.metadata.version(DIST) == PYPROJECT["version"], "the installed package is not this tree's"
+    assert info["versions"][0] == VERSION
+    assert importlib.metadata.version(DIST) == VERSION, "the installed package is not this tree's"
 
 
 def test_entry_point_returns_the_provider_info() -> None:
