@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -54,13 +55,16 @@ def environment(root: Path) -> dict[str, str]:
     return env
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall-clock and CPU (user + system) seconds of one run: CPU time shows less of a busy machine's load."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
-    return elapsed
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,20 +77,27 @@ def main(argv: list[str] | None = None) -> int:
         runs = cases(root)
         for argv_ in runs.values():  # warm the page cache and create the registry once
             timed(argv_, env)
-        seconds: dict[str, list[float]] = {name: [] for name in runs}
+        wall: dict[str, list[float]] = {name: [] for name in runs}
+        cpu: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.rounds):
             for name, argv_ in runs.items():
-                seconds[name].append(timed(argv_, env))
-    median = {name: statistics.median(values) for name, values in seconds.items()}
-    bare = median["bare interpreter"]
-    print(f"Start-up, median of {args.rounds} rounds (new process each; Python {sys.version.split()[0]})\n")
-    print(f"{'case':<38} {'seconds':>8} {'above bare':>11}")
+                seconds, cpu_seconds = timed(argv_, env)
+                wall[name].append(seconds)
+                cpu[name].append(cpu_seconds)
+    median = {name: statistics.median(values) for name, values in wall.items()}
+    median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
+    bare, bare_cpu = median["bare interpreter"], median_cpu["bare interpreter"]
+    load = os.getloadavg()[0]
+    python = sys.version.split()[0]
+    print(f"Start-up, median of {args.rounds} rounds (new process each; Python {python}; load average {load:.1f})\n")
+    print(f"{'case':<38} {'wall s':>8} {'above bare':>11} {'cpu s':>8} {'above bare':>11}")
     for name, value in median.items():
-        print(f"{name:<38} {value:>8.3f} {value - bare:>11.3f}")
-    conn_cost = median["checkmate list (Airflow connection)"] - median["checkmate list (explicit URLs)"]
+        used = median_cpu[name]
+        print(f"{name:<38} {value:>8.3f} {value - bare:>11.3f} {used:>8.3f} {used - bare_cpu:>11.3f}")
+    conn_cost = median_cpu["checkmate list (Airflow connection)"] - median_cpu["checkmate list (explicit URLs)"]
     print(
-        f"\nthe connection adds {conn_cost:.3f} s to `checkmate list`; "
-        f"the lookup alone costs {median['connection lookup alone'] - bare:.3f} s above bare"
+        f"\nCPU: the connection adds {conn_cost:.3f} s to `checkmate list`; "
+        f"the lookup alone costs {median_cpu['connection lookup alone'] - bare_cpu:.3f} s above bare"
     )
     return 0
 

@@ -92,4 +92,4 @@ def test_startup_benchmark_prints_every_case() -> None:
     proc = run_bench("bench.startup", "--rounds", "1")
     for case in ("bare interpreter", "import airflow_checkmate.checkmate", "checkmate list (explicit URLs)"):
         assert case in proc.stdout, proc.stdout
-    assert "the connection adds" in proc.stdout, proc.stdout
+    assert "CPU: the connection adds" in proc.stdout, proc.stdout
