@@ -22,8 +22,9 @@ from airflow_checkmate.get_provider_info import get_provider_info
 from tests.conftest import ROOT
 
 DIST = "airflow-provider-checkmate"
-#: import name -> the distribution that must be declared for it
-ALIASES = {"airflow": "apache-airflow"}
+#: import name -> the distribution that must be declared for it (pydantic pins pydantic-core exactly, so
+#: declaring pydantic bounds it; a range of our own could only disagree with that pin and make pip backtrack)
+ALIASES = {"airflow": "apache-airflow", "pydantic_core": "pydantic"}
 
 
 def requirements(extra: str | None = None) -> list[Requirement]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -23,9 +22,16 @@ from airflow_checkmate.checkmate import (
     StageStatus,
     TaskEngineException,
 )
-from airflow_checkmate.hooks.checkmate import CheckMateConfigError, CheckMateHook
+from airflow_checkmate.hooks.checkmate import CheckMateHook
 from airflow_checkmate.links.checkmate import CheckMateStateLink, derive_checkmate_task_id, state_url
-from airflow_checkmate.operators.rules import checked_task_id, cleared_since_last_try, stopped_message, xcom_refusal
+from airflow_checkmate.operators.rules import (
+    checked_task_id,
+    cleared_since_last_try,
+    engine_policy,
+    import_factory,
+    stopped_message,
+    xcom_refusal,
+)
 
 __all__ = ["CheckMateOperator", "CheckMateStateLink", "airflow_instance_key", "derive_checkmate_task_id", "state_url"]
 
@@ -101,7 +107,7 @@ class CheckMateOperator(BaseOperator):
         self.factory_kwargs = factory_kwargs or {}
         self.checkmate_task_id = checkmate_task_id if not checkmate_task_id else checked_task_id(checkmate_task_id)
         self.checkmate_conn_id = checkmate_conn_id
-        self.checkmate_retry_policy = _engine_policy(checkmate_retry_policy)
+        self.checkmate_retry_policy = engine_policy(checkmate_retry_policy)
         self.max_attempts = max_attempts
         self.bind_lock_timeout = bind_lock_timeout
         self.strict_recovery = strict_recovery
@@ -129,7 +135,7 @@ class CheckMateOperator(BaseOperator):
         if stages is None:
             factory = self.checkmate_factory
             if isinstance(factory, str):
-                factory = _import_factory(factory)
+                factory = import_factory(factory)
             stages = factory(**self.factory_kwargs)  # type: ignore[misc]
         if isinstance(stages, CheckMateEngine):
             return stages
@@ -246,27 +252,3 @@ class CheckMateOperator(BaseOperator):
         if engine is not None and engine.bound:
             self.log.warning("on_kill: interrupting CheckMate task %s", engine.task_id)
             engine.interrupt(self._killed)
-
-
-def _engine_policy(policy: RetryPolicy | str | None) -> RetryPolicy | None:
-    """``checkmate_retry_policy`` as a RetryPolicy; anything else is refused when the DAG is parsed."""
-    if policy is None or isinstance(policy, RetryPolicy):
-        return policy
-    if isinstance(policy, str) and policy.upper() in RetryPolicy.__members__:
-        return RetryPolicy[policy.upper()]
-    raise ValueError(f"checkmate_retry_policy {policy!r} is not a CheckMate RetryPolicy (NONE or RETRY)")
-
-
-def _import_factory(path: str) -> Callable[..., Any]:
-    """The factory a dotted path names; a path that cannot be imported fails the task at once (no retry)."""
-    module, _, name = path.rpartition(".")
-    try:
-        factory = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise CheckMateConfigError(
-            f"checkmate_factory {path!r} cannot be imported ({type(exc).__name__}: {exc}); fix the path or install "
-            "its package: retrying would not help"
-        ) from exc
-    if not callable(factory):
-        raise CheckMateConfigError(f"checkmate_factory {path!r} is a {type(factory).__name__}, not a callable")
-    return factory  # type: ignore[no-any-return]

@@ -1,4 +1,5 @@
-"""The operator's rules: task ids from templates, a stopped task on a retry or a clear, results XCom takes.
+"""The operator's rules: task ids from templates, a stopped task on a retry or a clear, results XCom takes,
+the engine's retry policy by name, and a factory path that cannot be imported (a configuration error).
 
 A ``checkmate_task_id`` is checked at DAG parse when it has no template, else once rendered; an invalid
 one fails the task at once with the safe patterns below (Airflow run ids contain ':' and '+').
@@ -14,12 +15,14 @@ resumes it; an automatic retry fails at once, saying what stopped the task and h
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_checkmate.checkmate import CheckMateEngine, StageStatus, TaskEngineException, names
+from airflow_checkmate.checkmate import CheckMateEngine, RetryPolicy, StageStatus, TaskEngineException, names
+from airflow_checkmate.hooks.checkmate import CheckMateConfigError
 
 SAFE_ID_HELP = (
     "A CheckMate task id allows letters, digits, '.', '_' and '-'. Airflow run ids contain ':' and '+' "
@@ -97,3 +100,27 @@ def xcom_refusal(task_id: str, result: Any) -> str:
             f"or `checkmate show {task_id}`"
         )
     return ""
+
+
+def engine_policy(policy: RetryPolicy | str | None) -> RetryPolicy | None:
+    """``checkmate_retry_policy`` as a RetryPolicy; anything else is refused when the DAG is parsed."""
+    if policy is None or isinstance(policy, RetryPolicy):
+        return policy
+    if isinstance(policy, str) and policy.upper() in RetryPolicy.__members__:
+        return RetryPolicy[policy.upper()]
+    raise ValueError(f"checkmate_retry_policy {policy!r} is not a CheckMate RetryPolicy (NONE or RETRY)")
+
+
+def import_factory(path: str) -> Callable[..., Any]:
+    """The factory a dotted path names; a path that cannot be imported fails the task at once (no retry)."""
+    module, _, name = path.rpartition(".")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise CheckMateConfigError(
+            f"checkmate_factory {path!r} cannot be imported ({type(exc).__name__}: {exc}); fix the path or install "
+            "its package: retrying would not help"
+        ) from exc
+    if not callable(factory):
+        raise CheckMateConfigError(f"checkmate_factory {path!r} is a {type(factory).__name__}, not a callable")
+    return factory  # type: ignore[no-any-return]
