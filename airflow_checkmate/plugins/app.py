@@ -61,7 +61,7 @@ def create_app() -> FastAPI:
     def static(name: str, user: User) -> Response:
         if name not in _STATIC:
             raise HTTPException(404, f"no static file {name!r}")
-        content = resources.files("airflow_checkmate.plugins").joinpath("static", name).read_bytes()
+        content = resources.files("airflow_checkmate.plugins").joinpath("static").joinpath(name).read_bytes()
         return Response(content, media_type=_STATIC[name], headers={"Cache-Control": "no-cache"})
 
     @app.get("/")
