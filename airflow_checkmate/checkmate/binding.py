@@ -4,11 +4,17 @@ import logging
 from types import TracebackType
 from typing import Any, Literal
 
+from pydantic import ValidationError
 from typing_extensions import Self
 
 from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, EngineCore, S, _comparable_class_path, _json
-from airflow_checkmate.checkmate.exceptions import PersistenceDataNotFoundException, TaskEngineException
+from airflow_checkmate.checkmate.exceptions import (
+    PersistenceDataNotFoundException,
+    TaskEngineException,
+    UnparsableStageState,
+)
+from airflow_checkmate.checkmate.identity import check_definition, check_owner, inputs_fingerprint, way_out
 from airflow_checkmate.checkmate.io.base import Fence, TaskIO
 from airflow_checkmate.checkmate.lease import LeaseRecord, acquire
 from airflow_checkmate.checkmate.models import TASK_SCHEMA_VERSION, TaskEngineState, TaskEvent
@@ -80,6 +86,9 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
     def _load_task_state(self, stored: set[str], taken_over: LeaseRecord | None) -> None:
         task_obj = names.task_obj_name(self.task_id)
         fresh = self._fresh_task_state()
+        fresh.owner = dict(self.task_owner)
+        fresh.inputs_fingerprint = inputs_fingerprint(self.inputs)
+        sharing = False
         if task_obj in stored:
             if self.force_create:
                 raise self._exists_error()
@@ -95,7 +104,7 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
                 self._remove_stored(record, stored)
                 stored.clear()
             else:
-                self._check_same_task(record)
+                sharing = self._check_same_task(record, fresh)
                 record.stage_templates = fresh.stage_templates
                 self.task_state = record
         else:
@@ -105,11 +114,16 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
                     f"task {self.task_id!r} has stage objects but no {names.TASK_OBJECT}: {leftovers[:5]}; "
                     "they were left in place. Inspect and remove them, or use another task id"
                 )
-        changed = task_obj not in stored or taken_over is not None
+        changed = self._adopt_definition(fresh) if task_obj in stored else True
+        changed = changed or taken_over is not None
         if task_obj not in stored:
             self.task_state = fresh
             self.task_state.history.append(TaskEvent(event="created", message=f"{len(fresh.stage_names)} stages"))
-        if self.labels and {**self.task_state.labels, **self.labels} != self.task_state.labels:
+        if sharing:  # the record keeps the owner (and labels) of the run that created it
+            who = ", ".join(f"{k}={v}" for k, v in sorted(self.task_owner.items()))
+            self.task_state.history.append(TaskEvent(event="shared", message=f"bound by {who}"))
+            changed = True
+        elif self.labels and {**self.task_state.labels, **self.labels} != self.task_state.labels:
             self.task_state.labels = {**self.task_state.labels, **self.labels}
             changed = True
         self.previous_try = dict(self.task_state.last_try)
@@ -125,26 +139,51 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
         if changed:
             self._write_task_state()
 
-    def _check_same_task(self, record: TaskEngineState[Any]) -> None:
-        mine = self.task_state
-        same_names = record.stage_names == mine.stage_names
-        same_classes = [_comparable_class_path(c) for c in record.stage_template_classes] == [
-            _comparable_class_path(c) for c in mine.stage_template_classes
-        ]
-        if record.task_id == self.task_id and same_names and same_classes:
-            return
-        stored = ", ".join(f"{n}({c})" for n, c in zip(record.stage_names, record.stage_template_classes, strict=False))
-        given = ", ".join(f"{n}({c})" for n, c in zip(mine.stage_names, mine.stage_template_classes, strict=True))
-        raise TaskEngineException(
-            f"task {self.task_id!r} is stored with other stages than the templates, so it would mix two "
-            f"task definitions; nothing was changed.\n  stored: [{stored}]\n  given:  [{given}]\n"
-            "Use a new task id for the new definition, or clean the old task (unbind(clean=True))"
-        )
+    def _check_same_task(self, record: TaskEngineState[Any], fresh: TaskEngineState[Any]) -> bool:
+        """Refuse another owner (unless shared) or another definition; True when sharing another's task."""
+        if record.task_id != self.task_id:
+            raise TaskEngineException(
+                f"stored object {self.io.build_url(names.task_obj_name(self.task_id))} names task "
+                f"{record.task_id!r}, not {self.task_id!r}; it was left in place"
+            )
+        sharing = check_owner(record, fresh.owner, self.shared)
+        check_definition(record, fresh, _comparable_class_path)
+        return sharing
+
+    def _adopt_definition(self, fresh: TaskEngineState[Any]) -> bool:
+        """Record what a stored task lacks: its owner, fingerprints, inputs, or the definition after a reset."""
+        record = self.task_state
+        if record is fresh:
+            return False
+        changed = False
+        start = record.redefine_from
+        if start is not None or len(record.stage_fingerprints) != len(record.stage_names):
+            keep = start if start is not None else 0
+            if start is None:  # written before fingerprints were recorded: the checked names/classes match
+                record.stage_fingerprints = fresh.stage_fingerprints[: len(record.stage_names)]
+                keep = len(record.stage_names)
+            record.stage_names = record.stage_names[:keep] + fresh.stage_names[keep:]
+            record.stage_template_classes = record.stage_template_classes[:keep] + fresh.stage_template_classes[keep:]
+            record.stage_fingerprints = record.stage_fingerprints[:keep] + fresh.stage_fingerprints[keep:]
+            record.redefine_from = None
+            changed = True
+        if record.inputs_fingerprint is None:
+            record.inputs_fingerprint = fresh.inputs_fingerprint
+            changed = True
+        if not record.owner and fresh.owner:
+            record.owner = dict(fresh.owner)
+            changed = True
+        return changed
 
     def _load_stages(self, stored: set[str]) -> None:
         for stage in self.task_state.stage_templates:
             stage.bind_to_engine(self)
-            state = self.read_stored_state(stage) if stage.obj_name in stored else None
+            try:
+                state = self.read_stored_state(stage) if stage.obj_name in stored else None
+            except PersistenceDataNotFoundException as exc:
+                if not isinstance(exc.__cause__, ValidationError):
+                    raise
+                raise UnparsableStageState(f"{exc}.\n{way_out(self.task_id, stage.stage_name)}") from exc
             if state is None:
                 stage.state.stage_name = stage.stage_name
                 stage.state.status = S.CREATED

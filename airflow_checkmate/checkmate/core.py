@@ -5,12 +5,14 @@ control (cancel and reset) and execution; each module holds one of those concern
 """
 
 import logging
+import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.exceptions import (
@@ -18,9 +20,10 @@ from airflow_checkmate.checkmate.exceptions import (
     PersistenceDataNotFoundException,
     TaskEngineException,
 )
+from airflow_checkmate.checkmate.identity import stage_fingerprint
 from airflow_checkmate.checkmate.io.base import Fence, TaskIO
 from airflow_checkmate.checkmate.lease import LeaseKeeper, LeaseRecord
-from airflow_checkmate.checkmate.models import BaseStageState, TaskEngineState, TaskEvent
+from airflow_checkmate.checkmate.models import BaseStageState, StageStateHistoryEntry, TaskEngineState, TaskEvent
 from airflow_checkmate.checkmate.policy import AttemptPolicy, RetryPolicy
 from airflow_checkmate.checkmate.stage import BaseStage
 from airflow_checkmate.checkmate.status import StageStatus, check_sequence, overall_status
@@ -34,9 +37,22 @@ S = StageStatus
 
 
 def string_from_callable(obj: object) -> str:
-    """``module.QualName`` of a class (or of an instance's class)."""
+    """``module.QualName`` of a class (or of an instance's class).
+
+    A class of the script being run (``__main__``, e.g. ``python dag.py`` calling ``dag.test()``) is
+    named by the script's module name, as Airflow's own runs of the same file name it.
+    """
     cls = obj if isinstance(obj, type) else type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    module = cls.__module__
+    if module == "__main__":
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        file = getattr(main, "__file__", None)
+        if spec is not None and spec.name and spec.name != "__main__":
+            module = spec.name
+        elif file:
+            module = Path(file).stem
+    return f"{module}.{cls.__qualname__}"
 
 
 def _json(model: BaseModel) -> bytes:
@@ -84,6 +100,7 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         self.force_create = force_create
         self._templates: tuple[STAGE, ...] = tuple(stage_templates)
         self._stage_index = {t.stage_name: i for i, t in enumerate(self._templates)}
+        self._fingerprints = [stage_fingerprint(t) for t in self._templates]
         self.task_state: TaskEngineState[STAGE] = self._fresh_task_state()
         self._keeper: LeaseKeeper | None = None
         self._bound = False
@@ -95,6 +112,12 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         self.labels: dict[str, str] = {}
         self.try_mark: dict[str, str | int] = {}  # recorded as the task's last_try at bind (see TaskEngineState)
         self.previous_try: dict[str, str | int] = {}  # the stored last_try this bind replaced
+        #: Who runs the task (generic; the operator: dag id, task id, run id, map index). Recorded at the
+        #: first bind; a bind by another owner is refused unless ``shared``. Empty: a tool, never refused.
+        self.task_owner: dict[str, str] = {}
+        self.shared = False
+        #: What the task was built from besides its templates (e.g. ``{"factory_kwargs": {...}}``).
+        self.inputs: dict[str, Any] = {}
         self._in_stage_code = False
         self._stage_thread = 0
         self._interrupt_lock = threading.RLock()  # re-entrant: a signal handler may interrupt its own thread
@@ -123,6 +146,7 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
             task_id=self.task_id,
             stage_names=[t.stage_name for t in self._templates],
             stage_template_classes=[string_from_callable(t) for t in self._templates],
+            stage_fingerprints=[dict(f) for f in self._fingerprints],
             stage_templates=[t.model_copy(deep=True) for t in self._templates],
         )
 
@@ -275,7 +299,20 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
             if not self.io.exists(obj):
                 return None
             raise
-        state: BaseStageState[Any] = self._parse(obj, type(stage.state), raw)
+        try:
+            state: BaseStageState[Any] = self._parse(obj, type(stage.state), raw)
+        except PersistenceDataNotFoundException:
+            header = _StageHeader.model_validate_json(raw) if _parses(raw) else None
+            if header is None or header.status is not S.CREATED or header.stage_name != stage.stage_name:
+                raise
+            state = self.fresh_state(stage.stage_name)
+            state.history = header.history
+            return state
+        if state.status is S.CREATED and state.stage_name == stage.stage_name:
+            # A stage that has not started holds its template's state: a reset may have left only its history
+            fresh = self.fresh_state(stage.stage_name)
+            fresh.history = state.history
+            return fresh
         if state.stage_name != stage.stage_name or state.status is S.UNBOUND:
             raise PersistenceDataNotFoundException(
                 f"stored object {self.io.build_url(obj)} holds stage {state.stage_name!r} with "
@@ -294,3 +331,21 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
                 f"({exc.error_count()} error(s); first at {where}: {first.get('msg')}); it was left in "
                 "place. Restore it, or clean the task to start over"
             ) from exc
+
+
+class _StageHeader(BaseModel):
+    """What a stored stage says of itself whatever its state class: enough to restart it from its template."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    stage_name: str
+    status: StageStatus
+    history: list[StageStateHistoryEntry] = []
+
+
+def _parses(raw: bytes) -> bool:
+    try:
+        _StageHeader.model_validate_json(raw)
+    except ValidationError:
+        return False
+    return True

@@ -55,3 +55,16 @@ class StateNotStorable(TaskEngineException):
     a template, and recorded as the stage's failure (RETRY or ERROR by its policy) when stage code put
     such a value in the state; the stored state is the one from before that attempt.
     """
+
+
+class TaskIdentityException(TaskEngineException):
+    """Raised at bind when the stored task is not the task being bound, which no retry can change.
+
+    Its definition differs (stages, classes, template fields, inputs), it belongs to another owner,
+    or a stored stage no longer parses as the stage's state. Nothing stored was changed; the message
+    names what differs and the ``checkmate`` command that gets the task out.
+    """
+
+
+class UnparsableStageState(TaskIdentityException, PersistenceDataNotFoundException):
+    """A stored stage's state does not parse as the template's state class (e.g. a field's type changed)."""

@@ -109,6 +109,19 @@ class TaskEngineState(BaseModel, Generic[STAGE]):
     task_id: str = ""
     stage_names: list[str] = Field(default_factory=list)
     stage_template_classes: list[str] = Field(default_factory=list)
+    stage_fingerprints: list[dict[str, str]] = Field(
+        default_factory=list, title="Per stage: a digest of each template field and initial state field"
+    )
+    inputs_fingerprint: dict[str, str] | None = Field(
+        default=None, title="Digests of what the task was built from (factory kwargs); None: not recorded yet"
+    )
+    owner: dict[str, str] = Field(
+        default_factory=dict,
+        title="Who created the task (the operator: dag id, task id, run id, map index); others are refused",
+    )
+    redefine_from: int | None = Field(
+        default=None, title="Set by a reset: stages from this index on take the next bind's definition"
+    )
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     cleaning: bool = Field(default=False, title="Set while the task's objects are being removed")
     labels: dict[str, str] = Field(

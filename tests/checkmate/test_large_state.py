@@ -15,7 +15,7 @@ import os
 import random
 import tracemalloc
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -65,6 +65,9 @@ class BlobStage(BaseStage[BlobState]):
 
     ``fail_marker``: while that file does not exist, create it and raise (one planned failure).
     """
+
+    #: blob_key is deliberately missing on resume: the state must come from storage, not the template.
+    checkmate_identity_exclude: ClassVar[frozenset[str]] = frozenset({"blob_key", "journal_path", "fail_marker"})
 
     blob_key: str = ""
     journal_path: str = ""

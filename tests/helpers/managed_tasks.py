@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow_checkmate.checkmate import (
     BaseStage,
@@ -48,6 +48,9 @@ class Step(BaseStage[StepState]):
     ``sleep_seconds``: the stage runs that long, in 0.05 s steps, but returns early once a cancel of
     the task was requested, so the engine notices the request at the next stage boundary.
     """
+
+    #: Test switches, not inputs: tests turn them between binds of one task.
+    checkmate_identity_exclude: ClassVar[frozenset[str]] = frozenset({"journal_path", "fail_flag", "sleep_seconds"})
 
     journal_path: str = ""
     fail_flag: str = ""

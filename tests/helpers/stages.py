@@ -9,6 +9,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -69,6 +70,9 @@ class JournalStage(BaseStage[CounterState]):
     raised into the stage's thread lands at once); ``gil_chars`` > 0 makes it hold the GIL in one C call
     (a regex backtracking over that many characters: about twice as long per character).
     """
+
+    #: Test switches, not inputs: a test may turn them between tries of one task.
+    checkmate_identity_exclude: ClassVar[frozenset[str]] = frozenset({"journal_path", "fail_first", "sleep_seconds"})
 
     journal_path: str = ""
     fail_first: int = 0
