@@ -16,7 +16,7 @@ from airflow_checkmate.checkmate import settings
 from airflow_checkmate.checkmate.factory import allowed_patterns
 from airflow_checkmate.checkmate.io.base import TaskIO
 from airflow_checkmate.checkmate.registry import TaskRecord, TaskRegistry, now
-from airflow_checkmate.checkmate.service import ERRORS, CheckMateService, Outcome, TaskDetails, TaskNotFound
+from airflow_checkmate.checkmate.service import ERRORS, FINISHED, CheckMateService, Outcome, TaskDetails, TaskNotFound
 from airflow_checkmate.checkmate.sqldb import safe_url
 from airflow_checkmate.checkmate.status import StageStatus
 from airflow_checkmate.cli_parser import parse_args
@@ -133,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
         outcomes = service.cancel([r.task_id for r in records], args.dry_run, args.reason)
     else:
         statuses = [StageStatus(s) for s in args.status] if args.status else None
-        outcomes = service.clean(records, args.dry_run, *([statuses] if statuses else []))
+        outcomes = service.clean(records, args.dry_run, statuses or FINISHED, force=args.force)
     return out.print_outcomes(outcomes, args.json)
 
 

@@ -129,7 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", default="", help="recorded in the task's history")
     cancel.add_argument("--json", action="store_true", help="print JSON")
 
-    reset = command("reset", "make an ERROR/CANCELED task runnable again, or restart it from a stage")
+    reset = command(
+        "reset",
+        "make an ERROR/CANCELED task runnable again, or restart any task from a stage",
+        "Rewrite the task's stored statuses; needs no factory and imports nothing. Without --stage the "
+        "ERROR/CANCELED stage becomes RETRY. With --stage, that stage and every later one restart from their "
+        "templates when the task next runs (COMPLETE stages before it are kept), and the task's definition "
+        "from that stage on is taken from the next run: the way out after a DAG edit.",
+    )
     reset.add_argument("task_id", metavar="TASK_ID")
     reset.add_argument("--stage", help="restart from this stage (it and every later stage start over)")
 
@@ -142,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("task_ids", nargs="*", metavar="TASK_ID", help="tasks to clean (or give filters)")
     _filters(clean, ["COMPLETE", "CANCELED", "ERROR"], 1000)
     clean.add_argument("--older-than", type=parse_age, help="only tasks not updated for this long (7d, 12h)")
+    clean.add_argument(
+        "--force",
+        action="store_true",
+        help="the named TASK_IDs whatever their status (RETRY, ERROR...), even if their state no longer parses",
+    )
     clean.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=True, help="only report")
     clean.add_argument("--json", action="store_true", help="print JSON")
 
@@ -159,6 +171,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         filters = [args.queue, args.status, args.tag, getattr(args, "since", None), getattr(args, "older_than", None)]
         if args.task_ids and any(filters):
             parser.error(f"{args.command}: give TASK_IDs or filters, not both")
+        if args.command == "clean" and args.force and not args.task_ids:
+            parser.error("clean --force: name the TASK_IDs (it does not take filters)")
         if args.command == "cancel" and not args.task_ids and not any(filters):
             parser.error("cancel: name TASK_IDs or give a filter (--queue, --status, --tag, --since)")
     return args

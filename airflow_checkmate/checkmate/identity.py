@@ -14,7 +14,9 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.exceptions import TaskIdentityException
+from airflow_checkmate.checkmate.io.base import TaskIO
 from airflow_checkmate.checkmate.models import TaskEngineState
 
 #: Stage fields that describe how a stage is shown, not what it computes; they may change freely.
@@ -165,3 +167,11 @@ def check_owner(record: TaskEngineState[Any], mine: dict[str, str], shared: bool
         "it explicitly (the operator's share_across_runs=True: a COMPLETE task then returns its stored "
         f"result). {way_out(record.task_id, None)}"
     )
+
+
+def stored_owner(io: TaskIO, task_id: str) -> dict[str, str] | None:
+    """The owner recorded for a stored task (empty: none recorded), or None when nothing is stored."""
+    task_obj = names.task_obj_name(task_id)
+    if not io.exists(task_obj):
+        return None
+    return dict(TaskEngineState[Any].model_validate_json(io.read_bytes(task_obj)).owner)

@@ -11,6 +11,7 @@ from airflow_checkmate.checkmate.models import BaseStageState
 
 if TYPE_CHECKING:
     from airflow_checkmate.checkmate.engine import CheckMateEngine
+    from airflow_checkmate.checkmate.io.base import TaskIO
 
 
 def _paint(text: str, color: str | None) -> str:
@@ -87,3 +88,25 @@ def render_table(engine: "CheckMateEngine[Any, Any]") -> str:
         last = _cell(state.history[-1].message[:160]) if state.history else ""
         rows.append(f"| {index}/{len(stages)} | {stage.stage_name} | {state.status} | {state.attempts} | {last} |")
     return "\n".join(rows) + "\n"
+
+
+def render_stored(io: "TaskIO", task_id: str, note: str = "") -> str:
+    """The task's stored stages as Markdown, read as plain JSON: for a task whose stage classes are not at hand."""
+    task_obj = names.task_obj_name(task_id)
+    if not io.exists(task_obj):
+        raise TaskEngineException(f"no stored task {task_id!r} at {io.base_url}")
+    record = json.loads(io.read_bytes(task_obj))
+    stage_names = record.get("stage_names", []) if isinstance(record, dict) else []
+    lines = [f"# Task `{task_id}` (stored JSON)", ""] + ([note, ""] if note else [])
+    for index, name in enumerate(stage_names):
+        obj = names.stage_obj_name(task_id, name)
+        try:
+            doc: Any = json.loads(io.read_bytes(obj)) if io.exists(obj) else None
+        except ValueError as exc:
+            doc = {"unreadable": str(exc)}
+        status = doc.get("status", "?") if isinstance(doc, dict) else "CREATED (nothing stored)"
+        lines += [f"## Stage {index + 1}/{len(stage_names)}: {name} — {status}", ""]
+        lines += ["```json", json.dumps(doc, indent=2, sort_keys=True), "```", ""]
+    lines += ["## Stored objects", ""]
+    lines += [f"- {io.build_url(obj)}" for obj in io.list(names.task_prefix(task_id))] or ["- (none)"]
+    return "\n".join(lines) + "\n"

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.binding import remove_stored
 from airflow_checkmate.checkmate.engine import CheckMateEngine
@@ -29,9 +31,11 @@ from airflow_checkmate.checkmate.lease import HOST, LeaseRecord, acquire, parse_
 from airflow_checkmate.checkmate.managed import CheckMate
 from airflow_checkmate.checkmate.models import TaskEngineState
 from airflow_checkmate.checkmate.registry import TaskRecord, TaskRegistry
+from airflow_checkmate.checkmate.render import render_stored
 from airflow_checkmate.checkmate.snapshot import TaskSnapshot, read_snapshot
 from airflow_checkmate.checkmate.stage import BaseStage
 from airflow_checkmate.checkmate.status import StageStatus
+from airflow_checkmate.checkmate.stored_reset import reset_stored
 
 S = StageStatus
 FINISHED = (S.COMPLETE, S.CANCELED)
@@ -110,8 +114,17 @@ class CheckMateService:
         return TaskDetails(record, read_snapshot(io, task_id), lease, lease.holder_state() if lease else None)
 
     def dump(self, task_id: str) -> str:
-        """``dump_stages`` of the stored state (rebuilds the task for its templates; takes no lock)."""
-        built = self.rebuild(self.record(task_id))
+        """``dump_stages`` of the stored state (takes no lock).
+
+        A task with an allow-listed factory is rebuilt for its templates; any other is shown as stored JSON.
+        """
+        record = self.record(task_id)
+        if not record.checkmate_factory:
+            return render_stored(self.io_for(record), task_id)
+        try:
+            built = self.rebuild(record)
+        except ERRORS as exc:
+            return render_stored(self.io_for(record), task_id, f"(shown as stored JSON: {exc})")
         engine: CheckMateEngine[Any, Any] = CheckMateEngine(built.io, task_id, built._templates, no_lock=True)
         with engine:
             return engine.dump_stages(source="persistence", color=None)
@@ -216,26 +229,58 @@ class CheckMateService:
         return f"rebuild it with {record.checkmate_factory}, cancel it here and run its cancel()"
 
     def reset(self, task_id: str, stage_name: str | None = None) -> Outcome:
-        """Make an ERROR/CANCELED task runnable again, or restart it from ``stage_name``."""
-        engine = self.rebuild(self.record(task_id))
-        engine.bind_lock_timeout, engine.owner = None, "checkmate reset"
-        with engine:
-            engine.reset(stage_name)
-            status = engine.status
-        where = f"from stage {stage_name!r}" if stage_name else "the stopped stage"
-        return Outcome(task_id, "reset", True, f"reset {where}; the task is {status} and resumes when it next runs")
+        """Make an ERROR/CANCELED task runnable again, or restart it from ``stage_name``, whatever its status.
+
+        Only stored statuses are rewritten (see :func:`reset_stored`): no factory, no stage class is needed.
+        """
+        record = self.record(task_id)
+        io = self.io_for(record)
+        try:
+            keeper, _ = acquire(io, names.lock_obj_name(task_id), None, "checkmate reset")
+        except BindException as exc:
+            raise TaskEngineException(
+                f"task {task_id} is held by a running process, so it was not reset ({exc}); cancel it first "
+                f"(`checkmate cancel {task_id} --no-dry-run`) or wait for it to stop"
+            ) from exc
+        try:
+            what, status = reset_stored(io, task_id, stage_name, keeper.fence, "`checkmate reset`")
+        finally:
+            keeper.release()
+        self._sync_row(task_id, io)
+        return Outcome(task_id, "reset", True, f"{what}; the task is {status} and resumes when it next runs")
+
+    def _sync_row(self, task_id: str, io: TaskIO) -> None:
+        snapshot = read_snapshot(io, task_id)
+        if snapshot is not None:
+            current = snapshot.current
+            self.registry.update(
+                task_id,
+                status=str(snapshot.status),
+                stages_done=snapshot.done,
+                stages_total=len(snapshot.stages),
+                current_stage=current.stage_name if current else None,
+                lock_holder=None,
+            )
 
     def clean(
-        self, records: Sequence[TaskRecord], dry_run: bool = True, statuses: Sequence[S] = FINISHED
+        self,
+        records: Sequence[TaskRecord],
+        dry_run: bool = True,
+        statuses: Sequence[S] = FINISHED,
+        force: bool = False,
     ) -> list[Outcome]:
-        """Remove the stored state of tasks whose stored status is one of ``statuses``; rows are marked cleaned."""
-        return [self._each(r.task_id, "clean", lambda r=r: self._clean(r, dry_run, statuses)) for r in records]
+        """Remove the stored state of tasks whose stored status is one of ``statuses``; rows are marked cleaned.
 
-    def _clean(self, record: TaskRecord, dry_run: bool, statuses: Sequence[S]) -> Outcome:
+        ``force``: whatever the status (RETRY, ERROR, RUNNING left by a dead process) and even if the stored
+        objects no longer parse; a task held by a live process is still skipped.
+        """
+        return [self._each(r.task_id, "clean", lambda r=r: self._clean(r, dry_run, statuses, force)) for r in records]
+
+    def _clean(self, record: TaskRecord, dry_run: bool, statuses: Sequence[S], force: bool = False) -> Outcome:
         io = self.io_for(record)
         task_id = record.task_id
         stored = set(io.list(names.task_prefix(task_id)))
-        snapshot = read_snapshot(io, task_id)
+        snapshot = None if force else read_snapshot(io, task_id)
         if snapshot is not None and snapshot.status not in statuses:
             return Outcome(task_id, "clean", False, f"skipped: it is {snapshot.status}")
         if dry_run:
@@ -245,14 +290,18 @@ class CheckMateService:
         except BindException as exc:
             return Outcome(task_id, "clean", False, f"skipped: {exc}")
         try:
-            snapshot = read_snapshot(io, task_id)  # again, under the lock
+            snapshot = None if force else read_snapshot(io, task_id)  # again, under the lock
             if snapshot is not None and snapshot.status not in statuses:
                 return Outcome(task_id, "clean", False, f"skipped: it became {snapshot.status}")
             stored = set(io.list(names.task_prefix(task_id)))
             task_obj = names.task_obj_name(task_id)
-            state: TaskEngineState[Any] | None = (
-                TaskEngineState.model_validate_json(io.read_bytes(task_obj)) if task_obj in stored else None
-            )
+            state: TaskEngineState[Any] | None = None
+            if task_obj in stored:
+                try:
+                    state = TaskEngineState.model_validate_json(io.read_bytes(task_obj))
+                except ValidationError:
+                    if not force:
+                        raise
             remove_stored(io, task_id, state, stored, keeper.fence)
         finally:
             keeper.release()

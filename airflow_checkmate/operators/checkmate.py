@@ -22,6 +22,7 @@ from airflow_checkmate.checkmate import (
     StageStatus,
     TaskEngineException,
 )
+from airflow_checkmate.checkmate.exceptions import TaskIdentityException
 from airflow_checkmate.hooks.checkmate import CheckMateHook
 from airflow_checkmate.links.checkmate import CheckMateStateLink, derive_checkmate_task_id, state_url
 from airflow_checkmate.operators.rules import (
@@ -74,6 +75,9 @@ class CheckMateOperator(BaseOperator):
     :param checkmate_queue: the CheckMate queue the task is listed under (BaseOperator's ``queue`` is
         the executor's).
     :param checkmate_tags: tags to find the task by; ``dag:<dag_id>`` is always added.
+    :param share_across_runs: let another DAG run (or task, or map index) bind a task id this task
+        instance did not create, e.g. a templated per-day id: a COMPLETE task then returns its stored
+        result and its record keeps the run that computed it. By default such a bind fails the task.
     """
 
     template_fields: Sequence[str] = ("checkmate_task_id", "factory_kwargs")
@@ -97,6 +101,7 @@ class CheckMateOperator(BaseOperator):
         managed: bool = True,
         checkmate_queue: str = DEFAULT_QUEUE_NAME,
         checkmate_tags: Sequence[str] | None = None,
+        share_across_runs: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -115,6 +120,7 @@ class CheckMateOperator(BaseOperator):
         self.managed = managed
         self.checkmate_queue = checkmate_queue
         self.checkmate_tags = list(checkmate_tags or ())
+        self.share_across_runs = share_across_runs
         self._engine: CheckMateEngine[Any, Any] | None = None
         self._killed = ""
 
@@ -169,6 +175,22 @@ class CheckMateOperator(BaseOperator):
             **options,
         )
 
+    def identify(self, engine: CheckMateEngine[Any, Any], context: Context) -> None:
+        """Tell the engine who runs it: its owner (this task instance), labels, inputs and sharing."""
+        ti = context["ti"]
+        map_index = -1 if ti.map_index is None else ti.map_index
+        engine.owner = f"airflow {ti.dag_id}.{ti.task_id} run {ti.run_id} try {ti.try_number}"
+        engine.task_owner = {
+            "airflow_dag_id": ti.dag_id,
+            "airflow_task_id": ti.task_id,
+            "airflow_run_id": ti.run_id,
+            "airflow_map_index": str(map_index),
+        }
+        engine.labels = {"airflow_dag_id": ti.dag_id, "airflow_task_id": ti.task_id, "airflow_run_id": ti.run_id}
+        engine.shared = self.share_across_runs
+        if self.checkmate_factory is not None:
+            engine.inputs = {"factory_kwargs": self.factory_kwargs}
+
     def _rebuildable_factory(self) -> Callable[..., Any] | str | None:
         """The factory tools can rebuild the task with: only one whose (rendered) kwargs are JSON."""
         try:
@@ -183,13 +205,12 @@ class CheckMateOperator(BaseOperator):
         ti.xcom_push(
             key=CheckMateStateLink().xcom_key, value=state_url(engine.task_id, self.checkmate_conn_id, ti.dag_id)
         )
-        engine.owner = f"airflow {ti.dag_id}.{ti.task_id} run {ti.run_id} try {ti.try_number}"
+        self.identify(engine, context)
         engine.instance_key = airflow_instance_key(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
         engine.try_number = int(ti.try_number)
         warning = self.hook.local_default_warning()
         if warning:
             self.log.warning(warning)
-        engine.labels = {"airflow_dag_id": ti.dag_id, "airflow_task_id": ti.task_id, "airflow_run_id": ti.run_id}
         engine.try_mark = {"run_id": ti.run_id, "try_number": ti.try_number, "max_tries": ti.max_tries}
         self.log.info("CheckMate task %s at %s", engine.task_id, engine.io.build_url(engine.task_id))
         try:
@@ -198,6 +219,13 @@ class CheckMateOperator(BaseOperator):
             raise AirflowException(
                 f"CheckMate task {engine.task_id} is held by another process; retry later: {exc}"
             ) from exc
+        except TaskIdentityException as exc:  # no retry can change it: do not burn the tries
+            hint = (
+                ""
+                if self.checkmate_conn_id == CheckMateHook.default_conn_name
+                else f" (with --conn-id {self.checkmate_conn_id})"
+            )
+            raise AirflowFailException(f"CheckMate task {engine.task_id} cannot be resumed{hint}: {exc}") from exc
         self._engine = engine
         try:
             return self._run(engine, ti)
