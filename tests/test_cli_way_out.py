@@ -7,17 +7,24 @@ definition must be refused naming the exact command; that command, run for real 
 still hold. Tasks have no factory, as the quick start's ``stage_templates`` tasks.
 """
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 from pydantic import Field
 
-from airflow_checkmate.checkmate import BaseStage, BaseStageState, CheckMate, RetryPolicy, TaskIO
+from airflow_checkmate.checkmate import BaseStage, BaseStageState, CheckMate, RetryPolicy, TaskEngineException, TaskIO
 from airflow_checkmate.checkmate.exceptions import TaskIdentityException, UnparsableStageState
 from tests.helpers.stages import journal, read_journal
-from tests.test_cli import S, Site, explain, site  # noqa: F401  (site is a fixture)
+from tests.test_cli import S, Site, explain
 
 TASK = "edited"
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    """A fresh storage folder, registry and AIRFLOW_HOME in the test's folder."""
+    return Site(tmp_path)
 
 
 def stage_classes(x_type: Any, x_default: Any, with_y: bool) -> type[BaseStage[Any]]:
@@ -80,7 +87,10 @@ def starts(site: Site) -> list[str]:
 
 
 def fail_at_s2(site: Site, stage: type[BaseStage[Any]], value: Any) -> None:
-    with engine(site, stage, ["s1", "s2", "s3"], value, fail="s2") as first, pytest.raises(Exception):
+    with (
+        engine(site, stage, ["s1", "s2", "s3"], value, fail="s2") as first,
+        pytest.raises(TaskEngineException, match="auto-recovered"),
+    ):
         first.execute()
     assert site.status(TASK) is S.RETRY and starts(site) == ["s1", "s2"]
 

@@ -67,9 +67,7 @@ def reset_stored(io: TaskIO, task_id: str, stage_name: str | None, fence: Fence 
         what = f"stage {stage_names[index]!r} is RETRY with its attempts back to 0"
     else:
         if stage_name not in stage_names:
-            raise TaskEngineException(
-                f"task {task_id!r} has no stage {stage_name!r}; stages: {', '.join(stage_names)}"
-            )
+            raise TaskEngineException(f"task {task_id!r} has no stage {stage_name!r}; stages: {', '.join(stage_names)}")
         index = stage_names.index(stage_name)
         plan = [(i, S.CREATED) for i in range(index, len(stage_names))]
         what = f"restarts from stage {stage_name!r} (it and every later stage are CREATED)"

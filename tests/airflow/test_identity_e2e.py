@@ -77,9 +77,7 @@ def test_mapped_task_cleared_after_the_upstream_list_changed_order_never_returns
     clear = ["tasks", "clear", "identity_mapped", "-t", "upstream_items", "-d", "-s", DATE_1, "-e", DATE_1, "-y"]
     env.run(*clear, extra_env=extra, check=True)
     env.run("tasks", "test", "identity_mapped", "upstream_items", run.run_id, extra_env=extra, check=True)
-    proc = env.run(
-        "tasks", "test", "identity_mapped", "mapped_work", run.run_id, "--map-index", "0", extra_env=extra
-    )
+    proc = env.run("tasks", "test", "identity_mapped", "mapped_work", run.run_id, "--map-index", "0", extra_env=extra)
     assert proc.returncode != 0, f"map index 0 returned a stored result for another item:\n{proc.stdout[-6000:]}"
     assert "AirflowFailException" in proc.stdout, proc.stdout[-6000:]
     assert "input factory_kwargs.item changed" in proc.stdout, proc.stdout[-6000:]
