@@ -52,6 +52,8 @@ class CheckMateOperator(BaseOperator):
     further tries (AirflowFailException), a lock held by a live process is retried later. A task in
     ERROR or CANCELED that a person clears resumes at the stopped stage; an automatic retry that finds
     it so fails at once (see ``operators.rules``). The task result goes to XCom.
+    A stored task of another definition or another run is refused at bind with AirflowFailException
+    naming the ``checkmate`` command that gets it out (see the README, "What is the same task?").
 
     :param stage_templates: the stages, in order (BaseStage instances). Or:
     :param checkmate_factory: a callable, or its dotted path, returning the stages or a CheckMateEngine;
