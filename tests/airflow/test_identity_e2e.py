@@ -150,9 +150,9 @@ def test_a_failing_run_never_cancels_the_task_another_run_is_running(
             pytest.fail("run 1 never started its slow stage")
         failing = other.run("dags", "test", "identity_live", DATE_2, extra_env=common)
         assert failing.returncode != 0, failing.stdout[-6000:]
+        assert not io.exists(names.cancel_obj_name("identity-live-victim")), "a cancel request was left"
         assert "is held by another process" in failing.stdout, failing.stdout[-6000:]
         assert "belongs to" in failing.stdout and "neither canceled nor asked to cancel" in failing.stdout
-        assert not io.exists(names.cancel_obj_name("identity-live-victim")), "a cancel request was left"
         output, _ = holder.communicate(timeout=240)
     finally:
         if holder.poll() is None:
