@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow_checkmate.checkmate import (
     BaseStage,
@@ -47,6 +47,9 @@ class StopHere(Exception):
 
 class Probe(BaseStage[BaseStageState[Any]]):
     """A no-op stage; with ``stop`` it notes when its code was entered and raises StopHere."""
+
+    #: Where to stop is a benchmark switch: the resuming engine is built without it.
+    checkmate_identity_exclude: ClassVar[frozenset[str]] = frozenset({"stop"})
 
     stop: bool = False
 

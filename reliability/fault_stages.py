@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -40,6 +40,9 @@ class FaultState(BaseStageState[list[int]]):
 
 class FaultStage(BaseStage[FaultState]):
     """Adds a deterministic value to the previous stage's values; counts its starts in ``STARTS``."""
+
+    #: Which fault to inject and how large to make the state are test switches: the resume runs without them.
+    checkmate_identity_exclude: ClassVar[frozenset[str]] = frozenset({"hook", "blob_bytes"})
 
     task_key: str = ""
     hook: str = ""
