@@ -87,7 +87,8 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
         task_obj = names.task_obj_name(self.task_id)
         fresh = self._fresh_task_state()
         fresh.owner = dict(self.task_owner)
-        fresh.inputs_fingerprint = inputs_fingerprint(self.inputs)
+        # A binder that declares no inputs (a tool rebuilding the task, a plain engine) is not compared on them
+        fresh.inputs_fingerprint = inputs_fingerprint(self.inputs) if self.inputs else None
         sharing = False
         if task_obj in stored:
             if self.force_create:
