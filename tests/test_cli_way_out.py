@@ -130,7 +130,7 @@ def test_a_dag_edit_between_a_failed_try_and_its_retry_is_refused_and_reset_from
 
     (result,) = site.run(command.split()[1:])
     assert result.returncode == 0, explain(result)
-    assert f"restarts from stage {restart!r}" in result.stdout
+    assert f"reset from stage {restart!r}" in result.stdout
     assert site.row(TASK).status is S.CREATED
     finish(new)
     again = ["s2-new"] if edit == "renamed" else ["s1", "s2"]  # renamed: s1 is kept COMPLETE

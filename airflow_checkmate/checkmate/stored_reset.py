@@ -64,13 +64,13 @@ def reset_stored(io: TaskIO, task_id: str, stage_name: str | None, fence: Fence 
                 f"with `checkmate reset {task_id} --stage NAME`"
             )
         plan = [(index, S.RETRY)] + [(i, S.CREATED) for i in range(index + 1, len(stage_names))]
-        what = f"stage {stage_names[index]!r} is RETRY with its attempts back to 0"
+        what = f"reset the stopped stage {stage_names[index]!r} (RETRY, its attempts back to 0)"
     else:
         if stage_name not in stage_names:
             raise TaskEngineException(f"task {task_id!r} has no stage {stage_name!r}; stages: {', '.join(stage_names)}")
         index = stage_names.index(stage_name)
         plan = [(i, S.CREATED) for i in range(index, len(stage_names))]
-        what = f"restarts from stage {stage_name!r} (it and every later stage are CREATED)"
+        what = f"reset from stage {stage_name!r} (it and every later stage restart from their templates)"
     new = list(statuses)
     for i, status in plan:
         new[i] = status
