@@ -164,7 +164,7 @@ def check_owner(record: TaskEngineState[Any], mine: dict[str, str], shared: bool
     raise TaskIdentityException(
         f"task {record.task_id!r} belongs to {_describe(record.owner)}, not to {_describe(mine)}; it was "
         "not touched. Give each run its own task id (the operator's default id does), or let runs share "
-        "it explicitly (the operator's share_across_runs=True: a COMPLETE task then returns its stored "
+        "it explicitly (the operator's checkmate_share_across_runs=True: a COMPLETE task then returns its stored "
         f"result). {way_out(record.task_id, None)}"
     )
 

@@ -77,7 +77,7 @@ class CheckMateOperator(BaseOperator):
     :param checkmate_queue: the CheckMate queue the task is listed under (BaseOperator's ``queue`` is
         the executor's).
     :param checkmate_tags: tags to find the task by; ``dag:<dag_id>`` is always added.
-    :param share_across_runs: let another DAG run (or task, or map index) bind a task id this task
+    :param checkmate_share_across_runs: let another DAG run (or task, or map index) bind a task id this task
         instance did not create, e.g. a templated per-day id: a COMPLETE task then returns its stored
         result and its record keeps the run that computed it. By default such a bind fails the task.
     """
@@ -103,7 +103,7 @@ class CheckMateOperator(BaseOperator):
         managed: bool = True,
         checkmate_queue: str = DEFAULT_QUEUE_NAME,
         checkmate_tags: Sequence[str] | None = None,
-        share_across_runs: bool = False,
+        checkmate_share_across_runs: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -122,7 +122,7 @@ class CheckMateOperator(BaseOperator):
         self.managed = managed
         self.checkmate_queue = checkmate_queue
         self.checkmate_tags = list(checkmate_tags or ())
-        self.share_across_runs = share_across_runs
+        self.checkmate_share_across_runs = checkmate_share_across_runs
         self._engine: CheckMateEngine[Any, Any] | None = None
         self._killed = ""
 
@@ -189,7 +189,7 @@ class CheckMateOperator(BaseOperator):
             "airflow_map_index": str(map_index),
         }
         engine.labels = {"airflow_dag_id": ti.dag_id, "airflow_task_id": ti.task_id, "airflow_run_id": ti.run_id}
-        engine.shared = self.share_across_runs
+        engine.shared = self.checkmate_share_across_runs
         if self.checkmate_factory is not None:
             engine.inputs = {"factory_kwargs": self.factory_kwargs}
 

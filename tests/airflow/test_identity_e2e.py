@@ -93,7 +93,7 @@ def test_mapped_task_cleared_after_the_upstream_list_changed_order_never_returns
 
 def test_a_second_run_on_a_task_id_it_does_not_own_is_refused_unless_shared(env: AirflowEnv, tmp_path: Path) -> None:
     """A templated id shared by every run: run 2 is refused naming run 1 (one try, though retries=2);
-    with share_across_runs=True run 2 returns run 1's stored result and the record keeps run 1."""
+    with checkmate_share_across_runs=True run 2 returns run 1's stored result and the record keeps run 1."""
     first = dags_test(env, tmp_path, "identity_owner", DATE_1)
     assert first.proc.returncode == 0, first.tail()
     second = dags_test(env, tmp_path, "identity_owner", DATE_2)

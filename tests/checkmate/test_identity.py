@@ -86,7 +86,7 @@ def test_another_owner_is_refused_unless_shared_and_sharing_keeps_the_first_owne
     assert run(engine(io, journal, RUN_1)) == expected_result(2)
     before = stored_files(base)
     other = engine(io, journal, RUN_2)
-    with pytest.raises(TaskIdentityException, match=r"belongs to .*airflow_run_id=run-1.*share_across_runs"):
+    with pytest.raises(TaskIdentityException, match=r"belongs to .*airflow_run_id=run-1.*checkmate_share_across_runs"):
         other.bind()
     assert stored_files(base) == before
 

@@ -1,7 +1,7 @@
 """Test DAG: CheckMate task ids shared by every run of the DAG (issue 11, point 2).
 
 - ``owned``: a fixed id, not shared: a second run must be refused (AirflowFailException, no retry).
-- ``shared``: a fixed id with ``share_across_runs=True``: a second run returns the stored result.
+- ``shared``: a fixed id with ``checkmate_share_across_runs=True``: a second run returns the stored result.
 """
 
 from __future__ import annotations
@@ -39,5 +39,5 @@ with DAG(
         task_id="shared",
         checkmate_task_id="{{ dag.dag_id }}-shared",
         stage_templates=make_stages(2, journal_of("shared")),
-        share_across_runs=True,
+        checkmate_share_across_runs=True,
     )
