@@ -178,10 +178,13 @@ def test_resume_after_sigkill_mid_stage_in_a_new_process(backend: Backend, tmp_p
     with reaped(holder):
 
         def s1_running() -> bool:
+            # RUNNING is stored before the stage code starts: wait for the code's own journal line too, so
+            # the kill lands mid-stage and not in the gap between the checkpoint and the first line of code.
             snapshot = read_snapshot(io, task_id)
-            return snapshot is not None and snapshot.stages[0].status is S.RUNNING
+            running = snapshot is not None and snapshot.stages[0].status is S.RUNNING
+            return running and journal.exists() and starts(journal) == ["s1"]
 
-        wait_for(s1_running, 60, "the child to run s1")
+        wait_for(s1_running, 60, "the child to run s1's code")
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(timeout=10)
     snapshot = read_snapshot(io, task_id)

@@ -139,8 +139,15 @@ def test_task_killed_mid_stage_is_resumed_by_a_worker_sharing_only_the_database(
     common = (postgres_url, task_id, "4", "--journal", "journal", "--max-attempts", "3")
     first = spawn(*common, "--sleep", "0.8", "--lease", "30", cwd=worker_a)
     with reaped(first):
+        # RUNNING is stored before the stage code starts: wait for s3's own journal line too, so the kill
+        # lands mid-stage, not between the checkpoint and the stage's first line.
+        journal_a = worker_a / "journal"
         running = snapshot_where(
-            io, task_id, lambda s: s.stages[2].status is S.RUNNING, 30, "worker A to be running s3"
+            io,
+            task_id,
+            lambda s: s.stages[2].status is S.RUNNING and journal_a.exists() and starts(journal_a)[-1:] == ["s3"],
+            30,
+            "worker A to be running s3's code",
         )
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=10)
