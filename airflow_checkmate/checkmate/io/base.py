@@ -3,6 +3,7 @@
 import importlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -99,6 +100,34 @@ class TaskIO(ABC):
     @abstractmethod
     def write(self, obj_name: str, data: str | bytes, *, fence: Fence | None = None) -> None:
         """Replace an object atomically; raise TaskIOException on a storage failure."""
+
+    def commit(self, writes: Sequence[tuple[str, bytes | None]], *, fence: Fence | None = None) -> None:
+        """Apply one checkpoint: writes (bytes) and removals (None) of objects of one task, in order.
+
+        Backends that can make it atomic do (the file journal, one SQL transaction): a reader and a
+        crash see all of it or none of it. This default applies the writes one by one, so a crash may
+        leave a prefix applied; callers order a checkpoint so that every prefix is a valid task.
+        """
+        for name, data in writes:
+            if data is None:
+                self.remove(name, fence=fence)
+            else:
+                self.write(name, data, fence=fence)
+
+    def read_prefix(self, prefix: str) -> dict[str, bytes]:
+        """Every object whose name starts with ``prefix`` (a task's objects), name -> bytes, in one pass.
+
+        On backends with atomic checkpoints the result is one checkpoint, never a mix of two. An
+        object removed between listing and reading is left out.
+        """
+        found: dict[str, bytes] = {}
+        for name in self.list(prefix):
+            try:
+                found[name] = self.read_bytes(name)
+            except PersistenceDataNotFoundException:
+                if self.exists(name):
+                    raise
+        return found
 
     @abstractmethod
     def exists(self, obj_name: str) -> bool:
