@@ -171,6 +171,11 @@ class TaskIO(ABC):
         A no-op on stores without folders.
         """
 
+    def compact(self, prefix: str, *, fence: Fence | None = None) -> None:
+        """Shrink what a task's checkpoints left behind to its live objects (the file journal rewrites
+        itself); called at unbind. A no-op on stores that replace objects in place.
+        """
+
     def check_fence(self, fence: Fence) -> None:
         """Raise LeaseLostException unless the lease still carries the fence's token."""
         if lease_token(self.lease_read(fence.lock_name)) != fence.token:
