@@ -1,7 +1,7 @@
 """What users would do without this package: N chained Airflow tasks against one CheckMateOperator of N stages.
 
 ``python -m bench.airflow_chain`` starts a real Airflow stack on loopback (api-server, scheduler, dag-processor;
-LocalExecutor on SQLite, as tests/airflow/test_live_stack.py runs it: tests.helpers.airflow_stack) with
+LocalExecutor on SQLite, as tests/airflow/test_live_stack.py runs it: support.airflow_stack) with
 ``bench/dags_chain/`` as its dags folder, and runs the same job of N small stages (a few ms of hashing each) as
 
 - chained tasks: ``s1 >> s2 >> ... >> sN``, one TaskFlow task per stage, the digest passed on through XCom;
@@ -30,7 +30,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from bench.dags_chain.chain_stages import JOURNAL_DIR_ENV, STAGES_ENV, failing_stage
-from tests.helpers.airflow_stack import LiveStack, running_stack
+from support.airflow_stack import LiveStack, running_stack
 
 DAGS = Path(__file__).resolve().parent / "dags_chain"
 SHAPES = {"chained": "bench_chain_tasks", "checkmate": "bench_chain_checkmate"}

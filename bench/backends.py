@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from airflow_checkmate.checkmate import BaseStage, BaseStageState, CheckMateEngine, TaskIO
-from reliability.pg import fresh_database
-from tests.helpers.s3_server import running_s3_server, s3_client
+from support.pg import fresh_database
+from support.s3_server import running_s3_server, s3_client
 
 S3_CONN_ID = "checkmate_bench_s3"
 

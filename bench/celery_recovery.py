@@ -1,7 +1,7 @@
 """How long a CheckMate task takes to resume on another Celery worker after a SIGKILL, and whose share is whose.
 
 ``python -m bench.celery_recovery`` starts the real CeleryExecutor stack of tests/airflow/test_celery_stack.py
-(tests.helpers.celery_stack: PostgreSQL metadata and state, Redis broker, two workers as two hosts) with its DAGs
+(support.celery_stack: PostgreSQL metadata and state, Redis broker, two workers as two hosts) with its DAGs
 (tests/airflow/dags_celery: CheckMate defaults, retries=2, retry_delay=5 s) and, N times each, runs a task on worker
 a, moves the work queue to worker b and SIGKILLs, mid-stage,
 
@@ -10,7 +10,7 @@ a, moves the work queue to worker b and SIGKILLs, mid-stage,
   its missing heartbeat (``task_instance_heartbeat_timeout`` 30 s and its 5 s detection interval on this stack;
   Airflow's default is 300 s).
 
-It prints, per scenario, the median seconds from the SIGKILL to each recorded step (tests.helpers.recovery reads
+It prints, per scenario, the median seconds from the SIGKILL to each recorded step (support.recovery reads
 them from Airflow's task-instance tries, CheckMate's task record and the stage code's journal): Airflow's share
 ends when the retry's task process is running; CheckMate's share is from there to the interrupted stage running
 again. PostgreSQL: CHECKMATE_BENCH_POSTGRES_URL or CHECKMATE_TEST_POSTGRES_URL; Redis: CHECKMATE_TEST_REDIS_URL.
@@ -28,10 +28,10 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from tests.airflow.dags_celery.celery_dags import TASK_KILLED, WORKER_KILLED
-from tests.airflow.dags_live.live_stages import JOURNAL_DIR_ENV
-from tests.helpers.celery_stack import running_celery_stack
-from tests.helpers.recovery import Timeline, kill_and_recover
+from support.celery_stack import running_celery_stack
+from support.celery_stages import TASK_KILLED, WORKER_KILLED
+from support.live_stages import JOURNAL_DIR_ENV
+from support.recovery import Timeline, kill_and_recover
 
 DAGS = Path(__file__).resolve().parent.parent / "tests" / "airflow" / "dags_celery"
 SCENARIOS = {"task": TASK_KILLED, "worker": WORKER_KILLED}

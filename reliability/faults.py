@@ -178,7 +178,8 @@ def file_cases(report: Report, workdir: Path, stages: int, kinds: list[str], see
 
 
 def main(argv: list[str] | None = None) -> int:
-    from reliability import fault_pg, fault_tmpfs, pg
+    from reliability import fault_pg, fault_tmpfs
+    from support import pg
 
     parser = argparse.ArgumentParser(prog="python -m reliability.faults", description=__doc__.splitlines()[0])
     parser.add_argument("--stages", type=int, default=3, help="stages per task (default 3)")

@@ -21,7 +21,7 @@ from airflow_checkmate.checkmate import (
     TaskIO,
 )
 from reliability.hostile_store import TASK, OtherStage, OtherState, S, Store, engine_for, stored_doc
-from tests.helpers.stages import CounterState, JournalStage, make_stages
+from support.stages import CounterState, JournalStage, make_stages
 
 
 class Accepted(Exception):

@@ -28,7 +28,7 @@ from airflow_checkmate.checkmate import (
 )
 from reliability import hostile_cases as hc
 from reliability.hostile_store import TASK, NeedsState, Store, engine_for
-from tests.helpers.stages import CounterState, JournalStage, make_stages
+from support.stages import CounterState, JournalStage, make_stages
 
 Expect = tuple[type[BaseException], ...]
 TEE: Expect = (TaskEngineException,)

@@ -28,7 +28,7 @@ from airflow_checkmate.checkmate import (
     TaskIO,
     TaskIOFile,
 )
-from tests.helpers.stages import JournalStage, expected_result, make_stages, start_counts
+from support.stages import JournalStage, expected_result, make_stages, start_counts
 
 S = StageStatus
 #: Long enough that no heartbeat rewrites a held lock during a case, so snapshots taken while bound are stable.

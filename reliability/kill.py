@@ -1,6 +1,6 @@
 """Kill campaign: SIGKILL real processes running the engine at random moments, resume until complete.
 
-Each task (7 journal stages, ``tests.helpers.run_task``) is run by a child process that is SIGKILLed after a
+Each task (7 journal stages, ``support.run_task``) is run by a child process that is SIGKILLed after a
 seeded random delay, over and over (16 kills a task), then let finish. Odd tasks end every run with
 ``unbind(clean=True)``, so kills also land in cleanups. Kills land while binding, mid-stage, mid-write
 (stage code done, COMPLETE not yet persisted), between stages, in unbind and in cleanup; the delays are
@@ -34,12 +34,13 @@ from contextlib import ExitStack, contextmanager
 from multiprocessing.context import BaseContext
 from pathlib import Path
 
-from reliability import kill_child, pg
+from reliability import kill_child
 from reliability.kill_check import PHASES
 from reliability.kill_store import Store, file_store, postgres_store
 from reliability.kill_task import N_STAGES, Stats, Timing, run_one
 from reliability.report import Report
-from tests.helpers.stages import read_journal
+from support import pg
+from support.stages import read_journal
 
 KILLS_PER_TASK = 16
 LEASE_SECONDS = 30.0  # run_task's default lease

@@ -10,7 +10,7 @@ so that a campaign counts corrupt objects rather than stopping at the first. A v
   removed in name order, ``task.json`` last), which the next bind must finish removing.
 
 :func:`phase` says where a kill landed from the run's journal lines (stage and phase lines, see
-``tests.helpers.run_task``) and the stored state.
+``support.run_task``) and the stored state.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from airflow_checkmate.checkmate import StageStatus, TaskEngineState
-from tests.helpers.stages import CounterState, expected_result
+from support.stages import CounterState, expected_result
 
 TASK, LOCK = "task.json", "task.lock"
 PHASES = ("bind", "mid-stage", "mid-write", "between stages", "unbind", "cleanup", "exit")

@@ -1,4 +1,4 @@
-"""Runs of ``tests.helpers.run_task`` in child processes that start in milliseconds, to be killed at will.
+"""Runs of ``support.run_task`` in child processes that start in milliseconds, to be killed at will.
 
 The children are forked from a multiprocessing "forkserver" that has the engine (and the backends' heavy
 imports) pre-imported: a plain ``python -m`` start costs about a second, longer than a whole task, so kills
@@ -18,7 +18,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-CORE_PRELOAD = ["tests.helpers.run_task", "reliability.kill_child", "airflow_checkmate.checkmate.io.sql", "psycopg"]
+CORE_PRELOAD = ["support.run_task", "reliability.kill_child", "airflow_checkmate.checkmate.io.sql", "psycopg"]
 # The S3 backend's imports (Airflow's ObjectStoragePath, s3fs) take a second a process: preload them only
 # when a campaign uses S3, since they slow every fork's first garbage collection.
 S3_PRELOAD = ["airflow.sdk", "s3fs", "airflow_checkmate.checkmate.io.objectstorage"]
@@ -36,7 +36,7 @@ def child_main(argv: list[str], out_path: str, env: dict[str, str]) -> None:
         os.close(fd)
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    from tests.helpers import run_task
+    from support import run_task
 
     sys.exit(run_task.main(argv))
 

@@ -1,6 +1,6 @@
 """An S3 store for ``python -m reliability.kill --backends s3``: a moto server of the campaign's own.
 
-moto (a test dependency) serves requests one at a time (``tests.helpers.s3_server``), so its conditional
+moto (a test dependency) serves requests one at a time (``support.s3_server``), so its conditional
 writes are atomic as on S3. The bucket's credentials reach the children as the Airflow connection
 ``checkmate_reliability_s3`` in their environment. The test suite uses its session server instead.
 """
@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 
 from reliability.kill_store import Store, s3_store
-from tests.helpers.s3_server import running_s3_server, s3_client
+from support.s3_server import running_s3_server, s3_client
 
 CONN_ID = "checkmate_reliability_s3"
 

@@ -22,7 +22,7 @@ class Store:
     """Where a campaign's tasks live, and a view of them that does not go through the engine."""
 
     name: str  # the backend, for tables: file, postgresql, s3
-    args: list[str]  # BASE [--conn-id ID] for tests.helpers.run_task
+    args: list[str]  # BASE [--conn-id ID] for support.run_task
     objects: Objects  # task id -> {object name within the task: bytes}; temporary files excluded
     temp_files: Callable[[str], int] = lambda task_id: 0  # task id -> temporary files left behind
     env: dict[str, str] = field(default_factory=dict)  # what the children need in their environment
@@ -97,7 +97,7 @@ def s3_store(url: str, endpoint: str, conn_id: str) -> Store:
 
     The children find the bucket's credentials in the Airflow connection ``conn_id`` of their environment.
     """
-    from tests.helpers.s3_server import s3_client
+    from support.s3_server import s3_client
 
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
     client = s3_client(endpoint)

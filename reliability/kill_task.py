@@ -17,7 +17,7 @@ from airflow_checkmate.checkmate import StageStatus
 from reliability import kill_child
 from reliability.kill_check import Snapshot, inspect, phase
 from reliability.kill_store import Store
-from tests.helpers.stages import expected_result, read_journal
+from support.stages import expected_result, read_journal
 
 N_STAGES = 7
 

@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reliability import pg
 from reliability.report import Report
-from tests.helpers.stages import read_journal
+from support import pg
+from support.stages import read_journal
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE_SECONDS = 30.0  # the default lease, which the takeover workers use

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from airflow_checkmate.checkmate import CheckMateEngine, RetryPolicy, TaskIO
-from tests.helpers.stages import journal, make_stages
+from support.stages import journal, make_stages
 
 
 def io_for(base: str, conn_id: str | None = None, **options: Any) -> TaskIO:

@@ -25,15 +25,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from reliability import kill_child, pg
+from reliability import kill_child
 from reliability.kill_store import file_store, postgres_store
 from reliability.report import Report
 from reliability.zombie_round import Outcome, run_round
-
-
-def _proc_state(pid: int) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rfind(")") + 2]
+from support import pg
+from support.waiting import proc_state
 
 
 def pause(pid: int, holds_storage_lock: Callable[[], bool]) -> None:
@@ -41,7 +38,7 @@ def pause(pid: int, holds_storage_lock: Callable[[], bool]) -> None:
     for _ in range(500):
         os.kill(pid, signal.SIGSTOP)
         deadline = time.monotonic() + 5
-        while _proc_state(pid) not in ("T", "t"):
+        while proc_state(pid) not in ("T", "t"):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"pid {pid} did not stop")
             time.sleep(0.001)

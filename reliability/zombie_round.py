@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from airflow_checkmate.checkmate import TaskEngineState
 from reliability import kill_child
 from reliability.kill_store import Store
-from tests.helpers.stages import CounterState, expected_result, read_journal
+from support.stages import CounterState, expected_result, read_journal
 
 STAGES, SLEEP, OLD_LEASE = 4, 0.3, 1.0
 

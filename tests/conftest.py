@@ -1,19 +1,16 @@
-"""Shared fixtures: a storage folder per test, and a way to run tasks in real child processes."""
+"""Shared fixtures: a storage folder per test, PostgreSQL and S3 for the session (helpers live in ``support``)."""
 
 import os
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from airflow_checkmate.checkmate import TaskIO, TaskIOFile
-from reliability.pg import fresh_database
-from tests.helpers.s3_server import running_s3_server, s3_client
-
-ROOT = Path(__file__).resolve().parent.parent
+from support.pg import fresh_database
+from support.processes import POSTGRES_ENV, S3_CONN_ID
+from support.s3_server import running_s3_server, s3_client
 
 
 @pytest.fixture
@@ -34,52 +31,6 @@ def io(base: Path) -> TaskIOFile:
 def fast_io(base: Path) -> TaskIO:
     """File storage without fsync, for tests that run many tasks and do not kill processes."""
     return TaskIOFile(base, durable=False)
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-    return env
-
-
-def run_python(
-    *argv: str, timeout: float = 60, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python *argv`` in a new process from the repository root (importable), ``env`` added; wait for it."""
-    return subprocess.run(
-        [sys.executable, *argv],
-        cwd=ROOT,
-        env={**child_env(), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def start_python(*argv: str) -> subprocess.Popen[str]:
-    """Start ``python *argv`` in a new process from the repository root (importable), its output piped."""
-    return subprocess.Popen(
-        [sys.executable, *argv],
-        cwd=ROOT,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def run_task_process(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``tests.helpers.run_task`` in a new Python process and wait for it."""
-    return run_python("-m", "tests.helpers.run_task", *args, timeout=timeout)
-
-
-def start_task_process(*args: str) -> subprocess.Popen[str]:
-    """Start ``tests.helpers.run_task`` in a new Python process without waiting."""
-    return start_python("-m", "tests.helpers.run_task", *args)
-
-
-POSTGRES_ENV = "CHECKMATE_TEST_POSTGRES_URL"
 
 
 @pytest.fixture(scope="session")
@@ -105,9 +56,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'checkmate.db'}"
     return str(request.getfixturevalue("postgres_url"))
-
-
-S3_CONN_ID = "checkmate_test_s3"
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import run_python
+from support.processes import run_python
 
 
 def run_bench(*args: str, hide_dbos: bool = False) -> subprocess.CompletedProcess[str]:

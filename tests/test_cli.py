@@ -1,22 +1,16 @@
 """The ``checkmate`` command, run for real in child processes: output, exit codes, and what it changes.
 
-Tasks are made in this process with ``tests.helpers.managed_tasks`` (file storage and a SQLite registry in
+Tasks are made in this process with ``support.managed_tasks`` (file storage and a SQLite registry in
 the test's folder); the command runs as ``python -m airflow_checkmate.cli`` with the repository first on
 PYTHONPATH, so a copy of the repository tests its own code. Each run imports Airflow (about 2 s), so
 independent runs go in parallel and a test checks several things per run. "Nothing changed" is checked
 against a byte snapshot of the storage folder, the registry rows and the stage journal.
 """
 
-import contextlib
 import json
 import os
-import sqlite3
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,125 +18,14 @@ import pytest
 
 from airflow_checkmate.checkmate import (
     CheckMate,
-    StageStatus,
-    TaskEngineException,
     TaskIO,
     TaskRegistry,
     read_snapshot,
 )
 from airflow_checkmate.checkmate.lease import HOST
-from tests.conftest import ROOT, S3_CONN_ID, child_env, start_python
-from tests.helpers.managed_tasks import events, make, make_stages
-
-S = StageStatus
-CLI = [sys.executable, "-m", "airflow_checkmate.cli"]
-SCRIPT = Path(sys.executable).parent / "checkmate"
-ALLOW = ("--allow-factory", "tests.helpers.managed_tasks.*")
-Result = subprocess.CompletedProcess
-
-
-def clean_env(home: Path, **extra: str) -> dict[str, str]:
-    """The child environment without any CheckMate or Airflow connection setting, AIRFLOW_HOME at ``home``."""
-    env = child_env()
-    for name in list(env):
-        if name.startswith(("AIRFLOW_CONN_", "CHECKMATE_")) or name == "_AIRFLOW_PROCESS_CONTEXT":
-            del env[name]
-    env["AIRFLOW_HOME"] = str(home)
-    env.update(extra)
-    return env
-
-
-def run_all(calls: Sequence[tuple[Sequence[str], dict[str, str]]], command: Sequence[str] = CLI) -> list[Result[str]]:
-    """Run the command once per (arguments, environment), all at once, and wait for every run."""
-    procs = [
-        subprocess.Popen(
-            [*command, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for args, env in calls
-    ]
-    results = []
-    for (args, _), proc in zip(calls, procs, strict=True):
-        out, err = proc.communicate(timeout=120)
-        results.append(subprocess.CompletedProcess([*command, *args], proc.returncode, out, err))
-    return results
-
-
-def explain(result: Result[str]) -> str:
-    """What a failed assertion shows about a run."""
-    return (
-        f"{' '.join(result.args[2:])} -> exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    )
-
-
-def conn_json(base_url: str, database_url: str | None = None) -> str:
-    """An ``AIRFLOW_CONN_*`` value: a checkmate connection with these URLs in its extra."""
-    extra = {"base_url": base_url, **({"database_url": database_url} if database_url else {})}
-    return json.dumps({"conn_type": "checkmate", "extra": extra})
-
-
-@dataclass
-class Site:
-    """A test's file storage, SQLite registry, journal, failure flag and AIRFLOW_HOME."""
-
-    tmp: Path
-
-    def __post_init__(self) -> None:
-        self.store = self.tmp / "store"
-        self.db_path = self.tmp / "registry.db"
-        self.db = f"sqlite:///{self.db_path}"
-        self.journal = self.tmp / "journal.log"
-        self.flag = self.tmp / "fail"
-        self.home = self.tmp / "airflow_home"
-
-    def kw(self, **extra: Any) -> dict[str, Any]:
-        """Factory kwargs for a task of this site."""
-        kwargs: dict[str, Any] = {
-            "journal": str(self.journal),
-            "base_url": str(self.store),
-            "database_url": self.db,
-            "fail_flag": str(self.flag),
-        }
-        kwargs.update(extra)
-        return kwargs
-
-    def task(self, task_id: str, fail: bool = False, **extra: Any) -> S:
-        """Run a task in this process: to COMPLETE, or with ``fail`` to RETRY (ERROR with max_attempts=1)."""
-        if fail:
-            self.flag.touch()
-        try:
-            with make(task_id, **self.kw(**extra)) as engine:
-                with contextlib.suppress(TaskEngineException, RuntimeError):
-                    engine.execute()
-                return engine.status
-        finally:
-            self.flag.unlink(missing_ok=True)
-
-    def run(self, *calls: Sequence[str], **env: str) -> list[Result[str]]:
-        """Run ``checkmate --base-url STORE --database-url DB ARGS`` for each argument list, in parallel."""
-        return self.run_each(*((args, env) for args in calls))
-
-    def run_each(self, *calls: tuple[Sequence[str], dict[str, str]]) -> list[Result[str]]:
-        """Like :meth:`run`, each with its own extra environment variables."""
-        flags = ["--base-url", str(self.store), "--database-url", self.db]
-        return run_all([([*flags, *args], clean_env(self.home, **env)) for args, env in calls])
-
-    def snapshot(self) -> tuple[Any, ...]:
-        """Every stored file's bytes, every registry row and tag, and the journal."""
-        files = {str(p.relative_to(self.store)): p.read_bytes() for p in sorted(self.store.rglob("*")) if p.is_file()}
-        with contextlib.closing(sqlite3.connect(self.db_path)) as conn:
-            rows = conn.execute("SELECT * FROM checkmate_tasks ORDER BY task_id").fetchall()
-            tags = conn.execute("SELECT * FROM checkmate_task_tags ORDER BY task_id, tag").fetchall()
-        journal = self.journal.read_text() if self.journal.exists() else ""
-        return files, rows, tags, journal
-
-    def status(self, task_id: str) -> S | None:
-        """The task's stored status, None if nothing is stored."""
-        snapshot = read_snapshot(TaskIO.from_base_url(str(self.store)), task_id)
-        return snapshot.status if snapshot else None
-
-    def row(self, task_id: str) -> Any:
-        """The task's registry row."""
-        return TaskRegistry(self.db).get(task_id)
+from support.cli_site import ALLOW, CLI, SCRIPT, S, Site, clean_env, conn_json, explain, run_all
+from support.managed_tasks import events, make, make_stages
+from support.processes import S3_CONN_ID, start_python
 
 
 @pytest.fixture
@@ -208,7 +91,7 @@ def test_list_table_json_and_filters(site: Site) -> None:
     records = json.loads(as_json.stdout)
     assert [r["task_id"] for r in records] == ["retry", "done"]
     assert records[0]["status"] == "RETRY" and records[0]["tags"] == ["env:prod", "team:data"]
-    assert records[0]["checkmate_factory"] == "tests.helpers.managed_tasks.make" and records[0]["lock_holder"] is None
+    assert records[0]["checkmate_factory"] == "support.managed_tasks.make" and records[0]["lock_holder"] is None
     assert records[1]["stages_done"] == records[1]["stages_total"] == 3 and records[1]["cleaned"] is False
     assert records[1]["updated_at"].endswith(("Z", "+00:00"))
     assert [r["task_id"] for r in json.loads(filtered.stdout)] == ["retry"]
@@ -228,7 +111,7 @@ def test_show_dump_and_unlock_while_this_process_holds_the_task(site: Site) -> N
         show, as_json, dump, refused_dump, unlock = site.run_each(
             (["show", "held"], {}),
             (["show", "held", "--json"], {}),
-            (["show", "held", "--dump"], {"CHECKMATE_ALLOWED_FACTORIES": "tests.helpers.*"}),
+            (["show", "held", "--dump"], {"CHECKMATE_ALLOWED_FACTORIES": "support.*"}),
             (["show", "held", "--dump"], {}),
             (["unlock", "held"], {}),
         )
@@ -237,7 +120,7 @@ def test_show_dump_and_unlock_while_this_process_holds_the_task(site: Site) -> N
         fields = dict(line.split(":", 1) for line in show.stdout.split("\n\n")[0].splitlines())
         fields = {k.strip(): v.strip() for k, v in fields.items()}
         assert fields["status"] == "RETRY (stored)" and fields["description"] == "nightly load"
-        assert fields["factory"] == "tests.helpers.managed_tasks.make" and fields["cleaned"] == "no"
+        assert fields["factory"] == "support.managed_tasks.make" and fields["cleaned"] == "no"
         assert fields["lock"].startswith(f"host {HOST} pid {os.getpid()}") and fields["lock"].endswith("[live]")
         stages = [line.split()[:4] for line in show.stdout.split("\n\n")[1].splitlines()]
         assert stages == [
@@ -386,7 +269,7 @@ def test_cancel_dry_run_says_what_the_real_run_does(site: Site) -> None:
     assert dry.returncode == 0, explain(dry)
     assert "dry run: would request a cancel; it takes effect, running cancel(), when the task next runs" in dry.stdout
     assert "not in the allow-list" in dry.stdout, explain(dry)
-    assert "dry run: would rebuild it with tests.helpers.managed_tasks." in allowed_dry.stdout, explain(allowed_dry)
+    assert "dry run: would rebuild it with support.managed_tasks." in allowed_dry.stdout, explain(allowed_dry)
     assert "cancel it here and run its cancel()" in allowed_dry.stdout, explain(allowed_dry)
 
     (real, allowed_real) = site.run(["cancel", "r1", "--no-dry-run"], [*ALLOW, "cancel", "r2", "--no-dry-run"])
@@ -503,7 +386,7 @@ def test_cancel_a_task_running_in_another_process(postgres_url: str, tmp_path: P
         "sleep_seconds": 60.0,
         "queue": queue,
     }
-    child = start_python("-m", "tests.helpers.managed_tasks", task_id, json.dumps(kw))
+    child = start_python("-m", "support.managed_tasks", task_id, json.dumps(kw))
     try:
         deadline = time.monotonic() + 30
         while "start b" not in events(journal):

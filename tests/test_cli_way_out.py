@@ -15,8 +15,8 @@ from pydantic import Field
 
 from airflow_checkmate.checkmate import BaseStage, BaseStageState, CheckMate, RetryPolicy, TaskEngineException, TaskIO
 from airflow_checkmate.checkmate.exceptions import TaskIdentityException, UnparsableStageState
-from tests.helpers.stages import journal, read_journal
-from tests.test_cli import S, Site, explain
+from support.cli_site import S, Site, explain
+from support.stages import journal, read_journal
 
 TASK = "edited"
 

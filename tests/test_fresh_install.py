@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from support.processes import ROOT
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("CHECKMATE_INSTALL_CHECK") != "1",
@@ -36,7 +36,7 @@ def test_every_extra_installs_fresh_within_three_minutes() -> None:
     if not index_reachable():
         pytest.skip(f"no package index reachable from {socket.gethostname()}: pip index versions pip failed")
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.helpers.fresh_install"], cwd=ROOT, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "support.fresh_install"], cwd=ROOT, capture_output=True, text=True, check=False
     )
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-6000:]

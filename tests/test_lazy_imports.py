@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import run_python
+from support.processes import run_python
 
 HEAVY = ("sqlalchemy", "airflow", "airflow_checkmate.checkmate.io.sql", "airflow_checkmate.checkmate.registry")
 

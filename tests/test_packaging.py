@@ -19,7 +19,7 @@ from packaging.version import Version
 
 import airflow_checkmate
 from airflow_checkmate.get_provider_info import get_provider_info
-from tests.conftest import ROOT
+from support.processes import ROOT
 
 DIST = "airflow-provider-checkmate"
 #: import name -> the distribution that must be declared for it (pydantic pins pydantic-core exactly, so

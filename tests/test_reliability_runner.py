@@ -2,7 +2,7 @@
 
 import subprocess
 
-from tests.conftest import run_python
+from support.processes import run_python
 
 
 def _run(*names: str) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from airflow.sdk import get_current_context
 
 from airflow_checkmate.checkmate import BaseStage, BaseStageState
-from tests.helpers.stages import journal
+from support.stages import journal
 
 JOURNAL_DIR_ENV = "CHECKMATE_CHAIN_JOURNAL_DIR"
 STAGES_ENV = "CHECKMATE_CHAIN_STAGES"

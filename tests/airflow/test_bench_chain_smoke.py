@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import start_python
+from support.processes import start_python
 
 pytestmark = [pytest.mark.slow, pytest.mark.live_airflow, pytest.mark.timeout(420)]
 

@@ -1,6 +1,6 @@
 """End-to-end on a real CeleryExecutor deployment: a retry on another worker resumes where the failed try stopped.
 
-The stack (tests.helpers.celery_stack: PostgreSQL metadata and state, Redis broker, two Celery workers with their
+The stack (support.celery_stack: PostgreSQL metadata and state, Redis broker, two Celery workers with their
 own hostnames, homes and queues) starts once for the module and serves the three scenarios; tests/airflow/
 dags_celery holds their DAGs, all on CheckMate's defaults. Each scenario starts try 1 on worker a, then moves the
 work queue to worker b with Celery's control API, so the retry runs on the other host. Stage runs are counted from
@@ -19,12 +19,12 @@ import pytest
 
 from airflow_checkmate.checkmate import StageStatus
 from bench.celery_recovery import SCENARIOS, report
-from tests.airflow.dags_celery.celery_dags import STAGE_FAILS, TASK_KILLED, WORKER_KILLED
-from tests.airflow.dags_live.live_stages import JOURNAL_DIR_ENV
-from tests.helpers.airflow_stack import TASK
-from tests.helpers.celery_stack import CeleryStack, require_services, running_celery_stack
-from tests.helpers.recovery import SLOW_STAGE, Timeline, host_lines, kill_and_recover, start_on_a
-from tests.helpers.stages import expected_result, start_counts
+from support.airflow_stack import TASK
+from support.celery_stack import CeleryStack, require_services, running_celery_stack
+from support.celery_stages import STAGE_FAILS, TASK_KILLED, WORKER_KILLED
+from support.live_stages import JOURNAL_DIR_ENV
+from support.recovery import SLOW_STAGE, Timeline, host_lines, kill_and_recover, start_on_a
+from support.stages import expected_result, start_counts
 
 pytestmark = [pytest.mark.slow, pytest.mark.live_airflow, pytest.mark.timeout(900)]
 

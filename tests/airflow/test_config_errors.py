@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.airflow.conftest import AirflowEnv
-from tests.airflow.test_dags_e2e import Run, dags_test
+from support.airflow_env import AirflowEnv
+from support.dags_test import Run, dags_test
 
 DAGS = Path(__file__).resolve().parent / "dags_config"
 

@@ -3,7 +3,7 @@
 Two test DAGs (tests/airflow/dags_e2e/) are each run once, in a subprocess, and every test reads what
 its run left behind:
 
-- the journals written by the stage code itself (tests.helpers.stages.JournalStage), one per Airflow
+- the journals written by the stage code itself (support.stages.JournalStage), one per Airflow
   task, under ``$CHECKMATE_E2E_DIR``: stage executions are counted by the test, never by the engine;
 - the XComs, written to a file by a downstream task that pulls them;
 - the stored CheckMate objects under ``$AIRFLOW_HOME/checkmate/state`` (the embedded default);
@@ -23,73 +23,20 @@ import json
 import os
 import re
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from airflow_checkmate.operators.checkmate import derive_checkmate_task_id
-from tests.airflow.conftest import AirflowEnv
-from tests.helpers.stages import expected_result, read_journal
+from support.airflow_env import AirflowEnv
+from support.dags_test import Run, dags_test
+from support.stages import expected_result, read_journal
 
 DAGS = Path(__file__).resolve().parent / "dags_e2e"
 LOGICAL_DATE = "2026-02-01T00:00:00+00:00"
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Run:
-    """One ``airflow dags test`` run and everything it left behind."""
-
-    env: AirflowEnv
-    out: Path
-    dag_id: str
-    proc: subprocess.CompletedProcess[str]
-    run_id: str
-
-    @property
-    def output(self) -> str:
-        return self.proc.stdout
-
-    def tail(self) -> str:
-        return self.output[-8000:]
-
-    def journal(self, task_id: str, dag_id: str | None = None) -> list[list[str]]:
-        return read_journal(self.out / f"{dag_id or self.dag_id}.{task_id}.journal")
-
-    def runs_of(self, task_id: str, verb: str = "start") -> list[str]:
-        """The stage names in the order their ``verb`` lines were journaled (``start``, ``cancel``...)."""
-        return [words[1] for words in self.journal(task_id) if words[0] == verb]
-
-    def tries(self, task_id: str) -> list[str]:
-        """The output of each time ``dags test`` ran the task (a try, a reschedule, a resumed deferral)."""
-        pattern = (
-            rf"\[DAG TEST\] starting task_id={re.escape(task_id)} .*?"
-            rf"\[DAG TEST\] end task task_id={re.escape(task_id)} "
-        )
-        return re.findall(pattern, self.output, flags=re.DOTALL)
-
-    def log(self, task_id: str) -> str:
-        return "\n".join(self.tries(task_id))
-
-    def checkmate_id(self, task_id: str) -> str:
-        return derive_checkmate_task_id(self.dag_id, task_id, self.run_id)
-
-    def stage(self, checkmate_task_id: str, stage_name: str) -> dict[str, Any]:
-        path = self.env.state_dir / checkmate_task_id / f"{stage_name}.stage.json"
-        assert path.is_file(), f"nothing stored for stage {stage_name} of {checkmate_task_id}\n{self.tail()}"
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
-
-
-def dags_test(env: AirflowEnv, out: Path, dag_id: str, *args: str) -> Run:
-    proc = env.run("dags", "test", dag_id, *args, extra_env={"CHECKMATE_E2E_DIR": str(out)})
-    found = re.findall(rf"DagRun Finished: dag_id={re.escape(dag_id)}, .*?run_id=([^,\s]+),", proc.stdout)
-    assert found, f"airflow dags test {dag_id} did not finish a run:\n{proc.stdout[-8000:]}"
-    return Run(env, out, dag_id, proc, found[-1])
 
 
 def stop_background_tasks(out: Path) -> None:
@@ -98,7 +45,7 @@ def stop_background_tasks(out: Path) -> None:
         pid = int(pid_file.read_text())
         with contextlib.suppress(OSError):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"tests.helpers.run_task" in cmdline:
+            if b"support.run_task" in cmdline:
                 os.kill(pid, signal.SIGKILL)
 
 

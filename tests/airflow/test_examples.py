@@ -18,9 +18,7 @@ from typing import Any
 import pytest
 
 from airflow_checkmate.operators.checkmate import derive_checkmate_task_id
-from tests.airflow.conftest import EXAMPLES, AirflowEnv
-
-LOGICAL_DATE = "2026-01-15T00:00:00+00:00"
+from support.airflow_env import EXAMPLES, LOGICAL_DATE, AirflowEnv, tail
 
 DAGBAG_CHECK = r"""
 import json, sys, warnings
@@ -82,10 +80,6 @@ def stored_task(env: AirflowEnv, task_id: str) -> dict[str, Any]:
 
 def statuses(stage: dict[str, Any]) -> list[str]:
     return [entry["status"] for entry in stage["history"]]
-
-
-def tail(proc: subprocess.CompletedProcess[str]) -> str:
-    return proc.stdout[-6000:]
 
 
 def test_every_example_imports_into_a_dagbag_without_errors_or_warnings(examples_env: AirflowEnv) -> None:

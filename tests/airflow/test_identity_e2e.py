@@ -21,9 +21,9 @@ import pytest
 
 from airflow_checkmate.checkmate import TaskIOFile, names, read_snapshot
 from airflow_checkmate.operators.checkmate import derive_checkmate_task_id
-from tests.airflow.conftest import AIRFLOW, AirflowEnv
-from tests.airflow.test_dags_e2e import dags_test
-from tests.helpers.stages import expected_result, read_journal
+from support.airflow_env import AIRFLOW, AirflowEnv
+from support.dags_test import dags_test
+from support.stages import expected_result, read_journal
 
 DAGS = Path(__file__).resolve().parent / "dags_identity"
 DATE_1, DATE_2 = "2026-03-01T00:00:00+00:00", "2026-03-02T00:00:00+00:00"

@@ -1,9 +1,9 @@
 """End-to-end: CheckMateOperator under a real Airflow 3 stack (api-server, scheduler, dag-processor) on loopback.
 
-The stack (tests.helpers.airflow_stack: LocalExecutor on SQLite, its settings and why) runs with
+The stack (support.airflow_stack: LocalExecutor on SQLite, its settings and why) runs with
 ``tests/airflow/dags_live/`` as the dags folder. The tests act only as a user would: the REST API on 127.0.0.1
 (trigger, mark failed, clear) and ``kill -9`` on the task's process. They watch the stage code's journal
-(tests.helpers.stages) and the CheckMate objects the embedded default keeps under ``$AIRFLOW_HOME/checkmate``.
+(support.stages) and the CheckMate objects the embedded default keeps under ``$AIRFLOW_HOME/checkmate``.
 
 Both tests share one stack (module fixture, 40-70 s to start on 2 cores); every process it started, and everything
 they forked, is killed in the finalizer, pass or fail.
@@ -27,8 +27,9 @@ import pytest
 
 from airflow_checkmate.checkmate import StageStatus
 from airflow_checkmate.operators.checkmate import derive_checkmate_task_id
-from tests.helpers.airflow_stack import TASK, LiveStack, running_stack
-from tests.helpers.stages import expected_result
+from support.airflow_stack import TASK, LiveStack, running_stack
+from support.live_stages import JOURNAL_DIR_ENV
+from support.stages import expected_result
 
 pytestmark = [pytest.mark.live_airflow, pytest.mark.timeout(420)]
 
@@ -37,7 +38,6 @@ ON_KILL_DAG = "checkmate_live_on_kill"
 SIGKILL_DAG = "checkmate_live_sigkill"
 CANCEL_RUNNING_DAG = "checkmate_live_cancel_running"
 CANCEL_RETRY_DAG = "checkmate_live_cancel_retry"
-JOURNAL_DIR_ENV = "CHECKMATE_LIVE_JOURNAL_DIR"  # read by dags_live/live_stages.py
 
 
 def lines(journal: list[list[str]], kind: str, stage: str) -> list[list[str]]:
@@ -194,7 +194,7 @@ def test_sigkilled_try_resumes_at_the_stage_left_running(live_stack: LiveStack) 
 def checkmate_cli(stack: LiveStack, *args: str) -> str:
     """Run the ``checkmate`` command as a user on the stack's machine would (same AIRFLOW_HOME), return its output."""
     proc = subprocess.run(
-        [str(Path(sys.executable).with_name("checkmate")), "--allow-factory", "tests.airflow.dags_live.*", *args],
+        [str(Path(sys.executable).with_name("checkmate")), "--allow-factory", "support.live_stages.*", *args],
         env=stack.env.env,
         capture_output=True,
         text=True,

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from airflow_checkmate.operators.checkmate import derive_checkmate_task_id
-from tests.airflow.conftest import AirflowEnv
-from tests.helpers.stages import start_counts
+from support.airflow_env import AirflowEnv
+from support.stages import start_counts
 
 DAGS = Path(__file__).resolve().parent / "dags_liveness"
 WARNING = "CheckMate keeps this task's state in files on this machine"

@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_checkmate.operators.checkmate import CheckMateOperator
 from airflow_checkmate.operators.rules import cleared_since_last_try
-from tests.helpers.stages import make_stages
+from support.stages import make_stages
 
 RUN = "manual__2026-01-01T00:00:00+00:00"
 FILTER = "{{ run_id | replace(':', '-') | replace('+', '-') }}"

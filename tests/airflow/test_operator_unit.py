@@ -31,7 +31,7 @@ from airflow_checkmate.operators.checkmate import (
     derive_checkmate_task_id,
     state_url,
 )
-from tests.helpers.stages import make_stages
+from support.stages import make_stages
 
 RUN = "manual__2024-01-01T00:00:00+00:00"
 
@@ -174,7 +174,7 @@ def test_explicit_checkmate_task_id_wins() -> None:
 def test_refuses_both_stage_templates_and_factory() -> None:
     with pytest.raises(ValueError, match=r"cm_both: pass exactly one of stage_templates or checkmate_factory"):
         CheckMateOperator(
-            task_id="cm_both", stage_templates=make_stages(1), checkmate_factory="tests.helpers.stages.make_stages"
+            task_id="cm_both", stage_templates=make_stages(1), checkmate_factory="support.stages.make_stages"
         )
 
 
@@ -194,7 +194,7 @@ def test_stage_templates_are_not_modified_by_building_engines() -> None:
 
 
 def test_factory_by_dotted_path_with_kwargs(airflow_home: Path) -> None:
-    op = operator(checkmate_factory="tests.helpers.stages.make_stages", factory_kwargs={"count": 3})
+    op = operator(checkmate_factory="support.stages.make_stages", factory_kwargs={"count": 3})
     engine = op.build_engine(context())
     assert [s.stage_name for s in engine.stages] == ["s1", "s2", "s3"]
     assert isinstance(engine.io, TaskIOFile)

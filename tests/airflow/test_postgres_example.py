@@ -15,8 +15,7 @@ import pytest
 
 from airflow_checkmate.checkmate import StageStatus, TaskIO, TaskRegistry, read_snapshot
 from airflow_checkmate.operators.checkmate import derive_checkmate_task_id
-from tests.airflow.conftest import AirflowEnv
-from tests.airflow.test_examples import LOGICAL_DATE, tail
+from support.airflow_env import LOGICAL_DATE, AirflowEnv, tail
 
 
 @pytest.mark.slow

@@ -18,8 +18,8 @@ import tomllib
 
 import airflow_checkmate
 from airflow_checkmate.get_provider_info import get_provider_info
-from tests.airflow.conftest import EXAMPLES, AirflowEnv
-from tests.conftest import ROOT
+from support.airflow_env import EXAMPLES, AirflowEnv
+from support.processes import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 DIST = PYPROJECT["name"]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.airflow.conftest import EXAMPLES, AirflowEnv
-from tests.conftest import ROOT
+from support.airflow_env import EXAMPLES, AirflowEnv
+from support.processes import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,8 @@ import pytest
 
 from airflow_checkmate.checkmate import StageStatus, TaskIO, read_snapshot
 from airflow_checkmate.operators.checkmate import derive_checkmate_task_id
-from tests.airflow.conftest import AirflowEnv
-from tests.airflow.test_examples import LOGICAL_DATE, tail
-from tests.conftest import S3_CONN_ID
+from support.airflow_env import LOGICAL_DATE, AirflowEnv, tail
+from support.processes import S3_CONN_ID
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.airflow.conftest import AirflowEnv
-from tests.helpers.stages import expected_result, read_journal
+from support.airflow_env import AirflowEnv
+from support.stages import expected_result, read_journal
 
 DAGS = Path(__file__).resolve().parent / "dags_timeout"
 

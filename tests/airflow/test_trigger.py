@@ -27,7 +27,7 @@ from airflow_checkmate.checkmate import (
 )
 from airflow_checkmate.checkmate.io import base as io_base
 from airflow_checkmate.triggers.checkmate import CheckMateTrigger
-from tests.helpers.stages import CounterState, JournalStage, expected_result, make_stages, read_journal
+from support.stages import CounterState, JournalStage, expected_result, make_stages, read_journal
 
 CONN = "cm_trigger"
 POLL = 0.02

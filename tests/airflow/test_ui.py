@@ -1,7 +1,7 @@
 """The CheckMate view inside the Airflow 3 UI: headless Chromium against a live api-server, scheduler, dag-processor.
 
-One stack for the module (tests.helpers.airflow_stack) with real users of the simple auth manager: ``admin`` and
-``viewer``. The browser (tests.helpers.webdriver) carries the admin's login cookie, as after the login form.
+One stack for the module (support.airflow_stack) with real users of the simple auth manager: ``admin`` and
+``viewer``. The browser (support.webdriver) carries the admin's login cookie, as after the login form.
 Screenshots go to tests/artifacts/ui/ (gitignored); CHECKMATE_UPDATE_SCREENSHOTS=1 also refreshes the README's two
 in docs/.
 Tests run in file order: the reset test at the end changes the resumed task the earlier ones look at.
@@ -23,10 +23,10 @@ import httpx
 import pytest
 
 from airflow_checkmate.checkmate import StageStatus
-from tests.airflow.dags_ui.ui_stages import JOURNAL_DIR_ENV
-from tests.conftest import ROOT
-from tests.helpers.airflow_stack import TASK, LiveStack, running_stack
-from tests.helpers.webdriver import Browser, browser_missing, chromium
+from support.airflow_stack import TASK, LiveStack, running_stack
+from support.processes import ROOT
+from support.ui_stages import JOURNAL_DIR_ENV
+from support.webdriver import Browser, browser_missing, chromium
 
 pytestmark = [pytest.mark.live_airflow, pytest.mark.timeout(900)]
 
@@ -51,7 +51,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "CHECKMATE_ALLOWED_FACTORIES": "tests.airflow.dags_ui.*",
+        "CHECKMATE_ALLOWED_FACTORIES": "support.ui_stages.*",
     }
     journal = tmp_path_factory.mktemp("airflow_ui_journal")
     with running_stack(

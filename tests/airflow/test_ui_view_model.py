@@ -14,7 +14,7 @@ from airflow_checkmate.checkmate import CheckMateEngine, RetryPolicy, StageStatu
 from airflow_checkmate.checkmate.models import StageStateHistoryEntry
 from airflow_checkmate.checkmate.snapshot import read_snapshot
 from airflow_checkmate.plugins import view_model
-from tests.helpers.stages import CounterState, JournalStage, make_stages
+from support.stages import CounterState, JournalStage, make_stages
 
 S = StageStatus
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)

@@ -66,7 +66,7 @@ from reliability.hostile_store import (
     snapshot,
     stored_doc,
 )
-from tests.helpers.stages import CounterState, JournalStage, expected_result, make_stages, read_journal, start_counts
+from support.stages import CounterState, JournalStage, expected_result, make_stages, read_journal, start_counts
 
 S = StageStatus
 

@@ -44,9 +44,9 @@ from airflow_checkmate.checkmate import (
     read_snapshot,
 )
 from airflow_checkmate.checkmate.lease import LeaseRecord, acquire
-from tests.checkmate.test_lock import reaped, wait_for
-from tests.conftest import S3_CONN_ID, run_task_process, start_task_process
-from tests.helpers.stages import CounterState, JournalStage, expected_result, make_stages, read_journal
+from support.processes import S3_CONN_ID, run_task_process, start_task_process
+from support.stages import CounterState, JournalStage, expected_result, make_stages, read_journal
+from support.waiting import reaped, wait_for
 
 S = StageStatus
 SPIED = ("read_bytes", "write", "exists", "remove", "list", "lease_read", "lease_create", "lease_swap", "prune")
@@ -67,7 +67,7 @@ class Backend:
         return TaskIO.from_base_url(self.url, **options)
 
     def child_args(self) -> list[str]:
-        """The store's arguments for ``tests.helpers.run_task``."""
+        """The store's arguments for ``support.run_task``."""
         return [self.url, *(["--conn-id", self.conn_id] if self.conn_id else [])]
 
 

@@ -24,8 +24,8 @@ from airflow_checkmate.checkmate import (
     TaskIO,
     TaskIOFile,
 )
-from tests.conftest import run_task_process, start_task_process
-from tests.helpers.stages import CounterState, JournalStage, expected_result, make_stages, read_journal
+from support.processes import run_task_process, start_task_process
+from support.stages import CounterState, JournalStage, expected_result, make_stages, read_journal
 
 S = StageStatus
 

@@ -8,7 +8,7 @@ import pytest
 
 from airflow_checkmate.checkmate import CheckMateEngine, RetryPolicy, StageStatus, TaskEngineException, TaskIO
 from airflow_checkmate.checkmate.exceptions import TaskIdentityException
-from tests.helpers.stages import CounterState, JournalStage, expected_result, make_stages, read_journal
+from support.stages import CounterState, JournalStage, expected_result, make_stages, read_journal
 
 S = StageStatus
 RUN_1 = {"airflow_dag_id": "d", "airflow_task_id": "t", "airflow_run_id": "run-1", "airflow_map_index": "-1"}

@@ -36,8 +36,8 @@ from airflow_checkmate.checkmate import (
 )
 from airflow_checkmate.checkmate.io.objectstorage import TaskIOObjectStorage
 from airflow_checkmate.checkmate.lease import LeaseRecord, acquire
-from tests.conftest import S3_CONN_ID
-from tests.helpers.stages import expected_result, make_stages, read_journal
+from support.processes import S3_CONN_ID
+from support.stages import expected_result, make_stages, read_journal
 
 RACERS = 8
 LOCK = "t/task.lock"

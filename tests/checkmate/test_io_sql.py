@@ -33,8 +33,8 @@ from airflow_checkmate.checkmate import (
     read_snapshot,
     sqldb,
 )
-from tests.conftest import run_python, run_task_process
-from tests.helpers.stages import expected_result, make_stages, read_journal
+from support.processes import run_python, run_task_process
+from support.stages import expected_result, make_stages, read_journal
 
 LOCK = "t/task.lock"
 NON_UTF8 = b"\xff\xfe\x00 not text \x80\xc3("

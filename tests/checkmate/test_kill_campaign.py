@@ -23,7 +23,7 @@ import pytest
 from reliability import kill, kill_child
 from reliability.kill_store import Store, file_store, postgres_store, s3_store
 from reliability.report import Report
-from tests.conftest import S3_CONN_ID
+from support.processes import S3_CONN_ID
 
 pytestmark = pytest.mark.slow
 

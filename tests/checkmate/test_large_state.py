@@ -28,7 +28,7 @@ from airflow_checkmate.checkmate import (
     TaskEngineException,
     TaskIOFile,
 )
-from tests.helpers.stages import journal, start_counts
+from support.stages import journal, start_counts
 
 MiB = 1024 * 1024
 BLOB_CHARS = 20 * MiB

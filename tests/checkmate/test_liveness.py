@@ -31,8 +31,8 @@ import pytest
 from airflow_checkmate.checkmate import BindException, CheckMateEngine, RetryPolicy, StageStatus, TaskIO
 from airflow_checkmate.checkmate.holder import BOOT_ID, HOST, PID_NS, LeaseRecord
 from airflow_checkmate.checkmate.names import lock_obj_name
-from tests.conftest import ROOT, child_env, start_task_process
-from tests.helpers.stages import expected_result, hold_gil, make_stages, read_journal, start_counts
+from support.processes import ROOT, child_env, start_task_process
+from support.stages import expected_result, hold_gil, make_stages, read_journal, start_counts
 
 KEY = '["airflow", "dag", "task", "run", -1]'
 
@@ -224,7 +224,7 @@ def test_a_holder_in_another_pid_namespace_is_not_judged_by_its_pid(
     journal = tmp_path / "journal.log"
     args = holder(store, task_id, journal, "--sleep", "60")
     live = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "tests.helpers.run_task", *args],
+        [*prefix, sys.executable, "-m", "support.run_task", *args],
         cwd=ROOT,
         env=child_env(),
         stdout=subprocess.PIPE,

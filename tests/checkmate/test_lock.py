@@ -21,9 +21,7 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,26 +37,15 @@ from airflow_checkmate.checkmate import (
     TaskIOFile,
 )
 from reliability import race, zombie
-from tests.conftest import S3_CONN_ID, start_task_process
-from tests.helpers.stages import expected_result, make_stages, read_journal
+from support.processes import S3_CONN_ID, start_task_process
+from support.stages import expected_result, make_stages, read_journal
+from support.waiting import journal_has, proc_state, reaped, wait_for
 
 RACE_WORKERS = 3
 RACE_ROUNDS = 40
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)
-
-
-def journal_has(path: Path, *words: str) -> bool:
-    return any(line[: len(words)] == list(words) for line in read_journal(path))
 
 
 def snapshot(task_dir: Path) -> dict[str, bytes]:
@@ -72,24 +59,6 @@ def stored_task(task_dir: Path) -> TaskEngineState:
 
 def takeovers(task_dir: Path) -> list[str]:
     return [e.message for e in stored_task(task_dir).history if e.event == "lock takeover"]
-
-
-def _proc_state(pid: int) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rfind(")") + 2]
-
-
-@contextlib.contextmanager
-def reaped(*procs: subprocess.Popen[str]) -> Iterator[None]:
-    """Whatever happens in the test, leave no child running, stopped or unreaped."""
-    try:
-        yield
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
 
 
 def engine_for(io: TaskIO, n: int, journal_path: Path | str = "", timeout: float | None = None):
@@ -156,7 +125,7 @@ def test_killed_holder_is_taken_over_at_once(base: Path, tmp_path: Path, reap: b
         if reap:
             holder.wait(timeout=10)
         else:  # a dead child its parent has not reaped yet is a zombie: dead as well
-            wait_for(lambda: _proc_state(holder.pid) == "Z", 10, "the holder to become a zombie")
+            wait_for(lambda: proc_state(holder.pid) == "Z", 10, "the holder to become a zombie")
 
         # The lease is fresh (30 s) and the holder is dead: bind without any waiting takes it over.
         engine = engine_for(TaskIOFile(base), 3, journal_path, timeout=None)

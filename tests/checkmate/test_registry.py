@@ -32,10 +32,10 @@ from airflow_checkmate.checkmate import (
 )
 from airflow_checkmate.checkmate.lease import HOST
 from airflow_checkmate.checkmate.service import CheckMateService, TaskNotFound
-from tests.helpers.managed_tasks import FACTORY, PROBES, build, events, make
+from support.managed_tasks import FACTORY, PROBES, build, events, make
 
 S = StageStatus
-ALLOWED = ["tests.helpers.managed_tasks.*"]
+ALLOWED = ["support.managed_tasks.*"]
 UTC = dt.timezone.utc
 
 
@@ -372,7 +372,7 @@ def test_cancel_without_allow_list_leaves_a_request_and_imports_nothing(
     marker = tmp_path / "imported"
     (folder / f"{module}.py").write_text(
         "from pathlib import Path\n"
-        "from tests.helpers.managed_tasks import build\n"
+        "from support.managed_tasks import build\n"
         f"Path({str(marker)!r}).touch()\n"
         "def make(task_id=None, **kwargs):\n"
         "    return build(__name__ + '.make', task_id, **kwargs)\n"
@@ -558,7 +558,7 @@ def test_unlock_reports_without_force_and_breaks_the_lease_with_it(site: Site) -
 def test_rebuild_from_a_factory_that_returns_stages(site: Site) -> None:
     """A factory returning only stages is wrapped in a CheckMate on the row's storage and registry."""
     tid = site.tid("stages")
-    engine = build("tests.helpers.managed_tasks.make_stages", tid, **site.kw())
+    engine = build("support.managed_tasks.make_stages", tid, **site.kw())
     with engine:
         pass
     rebuilt = site.service().rebuild(site.row(tid))

@@ -35,9 +35,9 @@ from airflow_checkmate.checkmate import (
     TaskSnapshot,
     read_snapshot,
 )
-from tests.checkmate.test_lock import _proc_state, journal_has, reaped, wait_for
-from tests.conftest import child_env
-from tests.helpers.stages import expected_result, read_journal
+from support.processes import child_env
+from support.stages import expected_result, read_journal
+from support.waiting import journal_has, proc_state, reaped, wait_for
 
 S = StageStatus
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ pytestmark = pytest.mark.slow
 # --------------------------------------------------------------------------- helpers
 
 
-def spawn(*args: str, cwd: Path, module: str = "tests.helpers.run_task") -> subprocess.Popen[str]:
+def spawn(*args: str, cwd: Path, module: str = "support.run_task") -> subprocess.Popen[str]:
     """Start ``python -m module args`` in ``cwd`` with a temp folder of its own under ``cwd``."""
     env = child_env()
     env["TMPDIR"] = str(cwd / "tmp")
@@ -111,7 +111,7 @@ def pause(proc: subprocess.Popen[str], io: TaskIOSQL) -> None:
     """SIGSTOP ``proc`` at a moment it has no transaction open (else its row locks would block the others)."""
     for _ in range(200):
         os.kill(proc.pid, signal.SIGSTOP)
-        wait_for(lambda: _proc_state(proc.pid) in ("T", "t"), 5, "the process to stop")
+        wait_for(lambda: proc_state(proc.pid) in ("T", "t"), 5, "the process to stop")
         if open_transactions(io) == 0:
             return
         os.kill(proc.pid, signal.SIGCONT)

@@ -26,7 +26,7 @@ from airflow_checkmate.checkmate import (
     TaskIOFile,
 )
 from airflow_checkmate.checkmate.exceptions import StateNotStorable
-from tests.conftest import run_python
+from support.processes import run_python
 
 S = StageStatus
 LOCK_TYPE = type(threading.Lock())

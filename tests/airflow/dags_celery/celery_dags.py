@@ -8,11 +8,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG
 
 from airflow_checkmate.operators.checkmate import CheckMateOperator
-from tests.airflow.dags_celery.celery_stages import host_stages, work_queue
-
-STAGE_FAILS = "checkmate_celery_stage_fails"  # s2 raises on its first run: the retry resumes at s2
-WORKER_KILLED = "checkmate_celery_worker_killed"  # s2 sleeps on its first run: the whole worker is SIGKILLed
-TASK_KILLED = "checkmate_celery_task_killed"  # s2 sleeps on its first run: only the task process is SIGKILLed
+from support.celery_stages import STAGE_FAILS, TASK_KILLED, WORKER_KILLED, host_stages, work_queue
 
 for dag_id, sleep, fail_first in ((STAGE_FAILS, 6.0, 1), (WORKER_KILLED, 300.0, 0), (TASK_KILLED, 300.0, 0)):
     with DAG(dag_id, schedule=None, start_date=datetime(2024, 1, 1), catchup=False, max_active_runs=1, tags=["test"]):

@@ -33,8 +33,8 @@ from airflow_checkmate.callbacks import cancel_checkmate_task
 from airflow_checkmate.checkmate import RetryPolicy
 from airflow_checkmate.operators.checkmate import CheckMateOperator, derive_checkmate_task_id
 from airflow_checkmate.sensors.checkmate import CheckMateSensor
+from support.stages import BlobStage, BlobState, make_stages
 from tests.airflow.dags_e2e.e2e_support import journal_path, launch_background
-from tests.helpers.stages import BlobStage, BlobState, make_stages
 
 DAG_ID = "e2e_failures"
 ALWAYS = {"s2": 1_000_000}

@@ -25,8 +25,8 @@ from airflow.sdk import DAG, task
 
 from airflow_checkmate.operators.checkmate import CheckMateOperator, derive_checkmate_task_id
 from airflow_checkmate.sensors.checkmate import CheckMateSensor
+from support.stages import make_stages
 from tests.airflow.dags_e2e.e2e_support import journal_path, launch_background, out_dir
-from tests.helpers.stages import make_stages
 
 DAG_ID = "e2e_resume_sensors"
 PRODUCER_ID = "{{ checkmate_id(dag.dag_id, 'producer', run_id) }}"

@@ -31,7 +31,7 @@ def journal_path(dag_id: str, task_id: str) -> str:
 def launch_background(
     checkmate_task_id: str, stages: int, *, sleep: float, fail_first: dict[str, int] | None = None
 ) -> int:
-    """Start ``tests.helpers.run_task`` for a CheckMate task in a process of its own, and return at once.
+    """Start ``support.run_task`` for a CheckMate task in a process of its own, and return at once.
 
     The task lives in the embedded default storage that CheckMateSensor reads, so a sensor can really
     wait for it (``airflow dags test`` runs every task and trigger in one process, one at a time). The
@@ -41,7 +41,7 @@ def launch_background(
     cmd = [
         sys.executable,
         "-m",
-        "tests.helpers.run_task",
+        "support.run_task",
         str(default_home() / "state"),
         checkmate_task_id,
         str(stages),

@@ -14,7 +14,7 @@ from airflow.sdk import DAG
 
 from airflow_checkmate.callbacks import cancel_checkmate_task
 from airflow_checkmate.operators.checkmate import CheckMateOperator
-from tests.helpers.stages import make_stages
+from support.stages import make_stages
 
 OUT = os.environ.get("CHECKMATE_E2E_DIR", "")
 SLEEP = float(os.environ.get("IDENTITY_LIVE_SLEEP", "0"))

@@ -14,7 +14,7 @@ from airflow.sdk import DAG
 
 from airflow_checkmate.checkmate import BaseStage, BaseStageState
 from airflow_checkmate.operators.checkmate import CheckMateOperator
-from tests.helpers.stages import journal
+from support.stages import journal
 
 
 class MainState(BaseStageState[str]):

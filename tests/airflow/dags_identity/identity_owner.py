@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG
 
 from airflow_checkmate.operators.checkmate import CheckMateOperator
-from tests.helpers.stages import make_stages
+from support.stages import make_stages
 
 DAG_ID = "identity_owner"
 

@@ -14,7 +14,7 @@ DAG_ID = "checkmate_live_cancel_retry"
 with DAG(DAG_ID, schedule=None, start_date=datetime(2024, 1, 1), catchup=False, max_active_runs=1, tags=["test"]):
     CheckMateOperator(
         task_id="stages",
-        checkmate_factory="tests.airflow.dags_live.live_stages.failing_once_stages",
+        checkmate_factory="support.live_stages.failing_once_stages",
         factory_kwargs={"dag_id": DAG_ID},
         retries=2,
         retry_delay=timedelta(seconds=40),

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG
 
 from airflow_checkmate.operators.checkmate import CheckMateOperator
-from tests.airflow.dags_live.live_stages import live_stages
+from support.live_stages import live_stages
 
 DAG_ID = "checkmate_live_on_kill"
 

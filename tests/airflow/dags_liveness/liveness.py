@@ -22,7 +22,7 @@ from airflow_checkmate.checkmate.holder import PID_NS, LeaseRecord
 from airflow_checkmate.checkmate.names import lock_obj_name
 from airflow_checkmate.hooks.checkmate import CheckMateHook
 from airflow_checkmate.operators.checkmate import CheckMateOperator, airflow_instance_key, derive_checkmate_task_id
-from tests.helpers.stages import make_stages
+from support.stages import make_stages
 
 DAG_ID = "liveness"
 HOLDERS = {"newer_try": None, "other_run": "another-run"}  # task -> the run its planted lease claims (None: this)

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG
 
 from airflow_checkmate.operators.checkmate import CheckMateOperator
-from tests.helpers.stages import CounterState, JournalStage, read_journal
+from support.stages import CounterState, JournalStage, read_journal
 
 
 class SlowOnceStage(JournalStage):

@@ -9,7 +9,7 @@ from airflow_checkmate.links.checkmate import derive_checkmate_task_id
 from airflow_checkmate.operators.checkmate import CheckMateOperator
 from airflow_checkmate.sensors.checkmate import CheckMateSensor
 
-FACTORIES = "tests.airflow.dags_ui.ui_stages"
+FACTORIES = "support.ui_stages"
 
 with DAG("checkmate_ui_resume", schedule=None, start_date=datetime(2024, 1, 1), catchup=False, tags=["test"]):
     CheckMateOperator(

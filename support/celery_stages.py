@@ -7,10 +7,16 @@ import os
 import socket
 import time
 
-from tests.airflow.dags_live.live_stages import LiveStage, live_stages
-from tests.helpers.stages import CounterState, journal
+from support.live_stages import LiveStage, live_stages
+from support.stages import CounterState, journal
 
-QUEUE_ENV = "CHECKMATE_CELERY_QUEUE"  # set by tests.helpers.celery_stack
+QUEUE_ENV = "CHECKMATE_CELERY_QUEUE"  # set by support.celery_stack
+
+
+#: The three scenario DAGs of tests/airflow/dags_celery/celery_dags.py (the bench times two of them).
+STAGE_FAILS = "checkmate_celery_stage_fails"  # s2 raises on its first run: the retry resumes at s2
+WORKER_KILLED = "checkmate_celery_worker_killed"  # s2 sleeps on its first run: the whole worker is SIGKILLed
+TASK_KILLED = "checkmate_celery_task_killed"  # s2 sleeps on its first run: only the task process is SIGKILLed
 
 
 class HostStage(LiveStage):

@@ -3,7 +3,7 @@
 Each case is timed twice: pip's resolution alone (``--dry-run``), then the install itself (downloads,
 unpacking, byte-compiling Airflow's thousands of modules).
 
-``python -m tests.helpers.fresh_install`` (what ``make install-check`` runs) builds the wheel, then for
+``python -m support.fresh_install`` (what ``make install-check`` runs) builds the wheel, then for
 each case makes a new virtualenv and runs a plain ``pip install`` with no constraints file: the package
 with ``[s3]``, with ``[postgres]``, alone, and alone on the declared minimum Airflow (``==`` the floor in
 pyproject.toml). Each venv then imports every provider module. It needs the package index, so it is
@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from support.processes import ROOT
+
 LIMIT_SECONDS = 180.0
 #: imports every provider module and reads the provider info, as Airflow's ProvidersManager does
 IMPORT_ALL = (
@@ -128,7 +129,7 @@ def run(cases: list[str], no_cache: bool) -> list[Outcome]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.helpers.fresh_install", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m support.fresh_install", description=__doc__)
     parser.add_argument("cases", nargs="*", default=["s3", "postgres", "plain", "airflow-floor"])
     parser.add_argument("--no-cache", action="store_true", help="download everything (pip --no-cache-dir)")
     args = parser.parse_args(argv)

@@ -6,7 +6,7 @@ Kept in an importable module (not in a DAG file) so every Airflow try records th
 import os
 import time
 
-from tests.helpers.stages import CounterState, JournalStage, journal, make_stages
+from support.stages import CounterState, JournalStage, journal, make_stages
 
 JOURNAL_DIR_ENV = "CHECKMATE_LIVE_JOURNAL_DIR"
 

@@ -2,7 +2,7 @@
 
 import os
 
-from tests.helpers.stages import JournalStage, make_stages
+from support.stages import JournalStage, make_stages
 
 JOURNAL_DIR_ENV = "CHECKMATE_UI_JOURNAL_DIR"
 

@@ -1,4 +1,4 @@
-"""Run a journal task in this process: ``python -m tests.helpers.run_task BASE TASK_ID STAGES [options]``.
+"""Run a journal task in this process: ``python -m support.run_task BASE TASK_ID STAGES [options]``.
 
 Used by tests that resume, kill or race real processes. Prints the final status; exit codes:
 0 COMPLETE, 3 RETRY (call again), 4 ERROR/CANCELED (and a lease lost while running: LeaseLostException), 5 lock
@@ -29,7 +29,7 @@ from airflow_checkmate.checkmate import (
     TaskEngineException,
     TaskIO,
 )
-from tests.helpers.stages import journal, make_stages
+from support.stages import journal, make_stages
 
 
 def _takeover_pids(engine: CheckMateEngine) -> str:  # type: ignore[type-arg]

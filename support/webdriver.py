@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from tests.helpers.airflow_stack import free_port
+from support.airflow_stack import free_port
 
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference
 

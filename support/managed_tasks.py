@@ -3,11 +3,11 @@
 Every stage appends what its code did (``start``, ``end``, ``fail``, ``rollback``, ``cancel``) to a journal
 file, named by the ``journal`` factory argument or else by the CHECKMATE_TEST_JOURNAL environment variable,
 so tests count stage-code runs themselves. ``make`` is a module-level factory, so a task's registry row
-records ``tests.helpers.managed_tasks.make`` and the service or the CLI can rebuild it.
+records ``support.managed_tasks.make`` and the service or the CLI can rebuild it.
 
 Run as a script, it runs one task in this process and prints its final status::
 
-    python -m tests.helpers.managed_tasks TASK_ID '{"journal": "...", "base_url": "...", ...}'
+    python -m support.managed_tasks TASK_ID '{"journal": "...", "base_url": "...", ...}'
 
 Exit codes: 0 COMPLETE, 4 anything else (canceled, failed).
 """
@@ -29,11 +29,11 @@ from airflow_checkmate.checkmate import (
     TaskIO,
     TaskRecord,
 )
-from tests.helpers.stages import journal as append_line
-from tests.helpers.stages import read_journal
+from support.stages import journal as append_line
+from support.stages import read_journal
 
 ENV_JOURNAL = "CHECKMATE_TEST_JOURNAL"
-FACTORY = "tests.helpers.managed_tasks.make"
+FACTORY = "support.managed_tasks.make"
 #: Registry rows seen by ProbeStage while it ran, keyed by task id (in-process tests only).
 PROBES: dict[str, list[TaskRecord | None]] = {}
 
@@ -156,7 +156,7 @@ def build(
 
 
 def make(task_id: str | None = None, **kwargs: Any) -> CheckMate[Any, Any]:
-    """The factory the tests register: ``tests.helpers.managed_tasks.make``."""
+    """The factory the tests register: ``support.managed_tasks.make``."""
     return build(make, task_id, **kwargs)
 
 

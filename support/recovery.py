@@ -17,8 +17,8 @@ from datetime import datetime
 from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.models import TaskEngineState
 from airflow_checkmate.operators.checkmate import derive_checkmate_task_id
-from tests.helpers.airflow_stack import TASK
-from tests.helpers.celery_stack import CeleryStack
+from support.airflow_stack import TASK
+from support.celery_stack import CeleryStack
 
 SLOW_STAGE = "s2"  # the stage the DAGs of tests/airflow/dags_celery sleep in on their first run
 

@@ -4,7 +4,7 @@ What runs: ``airflow api-server -w 1``, ``airflow scheduler`` and ``airflow dag-
 in its own session, with an AIRFLOW_HOME of their own and one dags folder. Callers act only as a user would: the
 REST API on 127.0.0.1 (the simple auth manager with ALL_ADMINS needs no token) and signals to task processes.
 Stage code writes a journal per DAG, ``<journal_dir>/<dag_id>.journal``, in the folder named by an env variable.
-tests.helpers.celery_stack builds its CeleryExecutor stack from the same pieces (LiveStack, stack_env, start_core).
+support.celery_stack builds its CeleryExecutor stack from the same pieces (LiveStack, stack_env, start_core).
 
 Executor and database: LocalExecutor on SQLite. In Airflow 3 only the api-server, the scheduler and the
 dag-processor open the metadata DB; tasks never do: the LocalExecutor's worker forks a supervisor that forks the
@@ -49,8 +49,8 @@ import psutil
 from airflow_checkmate.checkmate import PersistenceDataNotFoundException, TaskIO, TaskIOFile
 from airflow_checkmate.checkmate.snapshot import TaskSnapshot, read_snapshot
 from airflow_checkmate.operators.checkmate import derive_checkmate_task_id
-from tests.airflow.conftest import AIRFLOW, AirflowEnv
-from tests.helpers.stages import read_journal
+from support.airflow_env import AIRFLOW, AirflowEnv
+from support.stages import read_journal
 
 TASK = "stages"  # the CheckMateOperator's task id in the live DAGs
 

@@ -1,6 +1,6 @@
 """A real S3-compatible HTTP server on 127.0.0.1 for tests, campaigns and benchmarks: moto's, one request at a time.
 
-``python -m tests.helpers.s3_server PORT`` serves; ``running_s3_server(conn_id)`` starts one on a free port in
+``python -m support.s3_server PORT`` serves; ``running_s3_server(conn_id)`` starts one on a free port in
 a child process, exports the Airflow connection ``conn_id`` pointing at it, and stops it on exit. moto enforces
 ``If-None-Match`` and ``If-Match`` on PutObject and DeleteObject (412 PreconditionFailed), which the S3 lease
 relies on. Serving requests one at a time makes each conditional write atomic, as it is on S3 (moto's threaded
@@ -20,10 +20,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+from support.processes import ROOT
+
 KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 
 
@@ -38,7 +38,7 @@ def running_s3_server(conn_id: str) -> Iterator[str]:
     saved = {k: os.environ.get(k) for k in (conn_var, "AWS_EC2_METADATA_DISABLED")}
     with tempfile.TemporaryFile() as log:  # a pipe nobody reads would fill and block the server
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.helpers.s3_server", str(port)],
+            [sys.executable, "-m", "support.s3_server", str(port)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,

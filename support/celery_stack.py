@@ -1,6 +1,6 @@
 """A real CeleryExecutor stack on loopback: api-server, scheduler, dag-processor and two Celery workers as two hosts.
 
-It is the LocalExecutor live stack (tests.helpers.airflow_stack: same settings, same REST client, same diagnostics)
+It is the LocalExecutor live stack (support.airflow_stack: same settings, same REST client, same diagnostics)
 with what a multi-worker deployment changes:
 - Airflow's metadata DB and CheckMate's state are two fresh PostgreSQL databases (dropped at the end), so state is
   visible to every worker; the ``checkmate_default`` connection names the state database and reaches every process
@@ -32,10 +32,10 @@ import pytest
 from celery import Celery
 
 from airflow_checkmate.checkmate import TaskIO
-from reliability.pg import fresh_database
-from tests.airflow.conftest import AirflowEnv
-from tests.airflow.dags_celery.celery_stages import QUEUE_ENV  # the DAGs' executor queue
-from tests.helpers.airflow_stack import LiveStack, free_port, stack_env, start_core
+from support.airflow_env import AirflowEnv
+from support.airflow_stack import LiveStack, free_port, stack_env, start_core
+from support.celery_stages import QUEUE_ENV  # the DAGs' executor queue
+from support.pg import fresh_database
 
 REDIS_ENV = "CHECKMATE_TEST_REDIS_URL"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
