@@ -3,10 +3,13 @@
 Every Airflow command runs in a subprocess with the project's venv, as a user would run it.
 """
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from support.processes import ROOT
@@ -15,6 +18,8 @@ AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 EXAMPLES = ROOT / "dags_examples"
 #: The logical date the example DAGs are run at by the tests.
 LOGICAL_DATE = "2026-01-15T00:00:00+00:00"
+
+_migrated: dict[str, Path] = {}  # the first migrated metadata DB of this process, copied for every later home
 
 
 class AirflowEnv:
@@ -54,6 +59,24 @@ class AirflowEnv:
         if check and proc.returncode != 0:
             raise AssertionError(f"airflow {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-6000:]}")
         return proc
+
+    def migrate(self, timeout: float = 300) -> None:
+        """``airflow db migrate`` for this home's SQLite metadata DB, run once per process.
+
+        Later homes get a copy of the first migrated file: the schema is the same, and each migration
+        costs an Airflow start-up (7-15 s) that tests pay many times otherwise.
+        """
+        target = self.home / "airflow.db"
+        template = _migrated.get("db")
+        if template is not None:
+            shutil.copyfile(template, target)
+            return
+        self.run("db", "migrate", check=True, timeout=timeout)
+        folder = tempfile.mkdtemp(prefix="checkmate_airflow_db_")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        template = Path(folder) / "airflow.db"
+        shutil.copyfile(target, template)
+        _migrated["db"] = template
 
     def connection_env(self, conn_id: str, extra: dict[str, object]) -> dict[str, str]:
         """An ``AIRFLOW_CONN_<ID>`` variable for a checkmate connection."""

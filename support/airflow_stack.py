@@ -298,7 +298,7 @@ def running_stack(
     env = AirflowEnv(home, dags_folder)
     env.env.update({**stack_env(port, journal_env, journal_dir), "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"})
     env.env.update(extra_env or {})
-    env.run("db", "migrate", check=True, timeout=180)
+    env.migrate(timeout=180)
     with sqlite3.connect(home / "airflow.db") as db:  # WAL: readers never block a writer (see the module docstring)
         assert db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
     stack = LiveStack(env, port, journal_dir)

@@ -16,7 +16,7 @@ def airflow_env_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[[P
     def make(dags_folder: Path) -> AirflowEnv:
         if dags_folder not in made:
             env = AirflowEnv(tmp_path_factory.mktemp("airflow_home"), dags_folder)
-            env.run("db", "migrate", check=True)
+            env.migrate()
             made[dags_folder] = env
         return made[dags_folder]
 

@@ -126,7 +126,7 @@ def test_a_failing_run_never_cancels_the_task_another_run_is_running(
     )
     other = AirflowEnv(tmp_path / "home2", DAGS)
     other.home.mkdir()
-    other.run("db", "migrate", check=True)
+    other.migrate()
     common = {**conn, "CHECKMATE_E2E_DIR": str(tmp_path)}
     holder = subprocess.Popen(
         [AIRFLOW, "dags", "test", "identity_live", DATE_1],
