@@ -80,33 +80,30 @@ def build_wheel(out: Path, env: dict[str, str]) -> Path:
     return wheel
 
 
+def _timed_pip(python: str, args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``pip install -q ARGS`` in a venv, and how long it took."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [python, "-m", "pip", "install", "-q", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT_SECONDS * 3,
+        check=False,
+    )
+    return proc, time.monotonic() - started
+
+
 def install(case: str, requirements: list[str], workdir: Path, env: dict[str, str]) -> Outcome:
     """A new venv, one ``pip install`` timed, then every provider module imported in it."""
     venv = workdir / f"venv-{case}"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
-    started = time.monotonic()
-    dry = subprocess.run(  # resolution alone: where pip used to backtrack for 15 minutes and more
-        [python, "-m", "pip", "install", "-q", "--dry-run", *requirements],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=LIMIT_SECONDS * 3,
-        check=False,
-    )
-    resolve_seconds = time.monotonic() - started
+    # resolution alone first: where pip used to backtrack for 15 minutes and more
+    dry, resolve_seconds = _timed_pip(python, ["--dry-run", *requirements], env)
     if dry.returncode != 0:
         return Outcome(case, resolve_seconds, 0.0, dry.returncode, "-", dry.stdout[-2000:] + dry.stderr[-2000:])
-    started = time.monotonic()
-    proc = subprocess.run(
-        [python, "-m", "pip", "install", "-q", *requirements],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=LIMIT_SECONDS * 3,
-        check=False,
-    )
-    seconds = time.monotonic() - started
+    proc, seconds = _timed_pip(python, requirements, env)
     if proc.returncode != 0:
         return Outcome(case, resolve_seconds, seconds, proc.returncode, "-", proc.stdout[-2000:] + proc.stderr[-2000:])
     check = subprocess.run([python, "-c", IMPORT_ALL], env=env, capture_output=True, text=True, check=False)
