@@ -7,7 +7,8 @@ import datetime as dt
 import re
 
 from airflow_checkmate.checkmate import settings
-from airflow_checkmate.checkmate.registry import SORT_KEYS, now
+from airflow_checkmate.checkmate.exceptions import TaskEngineException
+from airflow_checkmate.checkmate.registry import SORT_KEYS, dag_tag, now
 from airflow_checkmate.checkmate.status import StageStatus
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -85,6 +86,7 @@ def _filters(parser: argparse.ArgumentParser, statuses: list[str], limit: int) -
         "--status", action="append", choices=statuses, metavar="STATUS", help=f"only these statuses: {statuses}"
     )
     parser.add_argument("--tag", action="append", help="only tasks with this tag (repeatable: all must match)")
+    parser.add_argument("--dag", metavar="DAG_ID", help="only tasks of this Airflow DAG (its tag dag:DAG_ID)")
     parser.add_argument("--limit", type=positive_int, default=limit, help="at most this many tasks")
 
 
@@ -167,6 +169,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse and check the combination: a batch command takes TASK_IDs or filters, not both, not neither."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "dag", None) is not None:  # the operator tags its tasks dag:<dag_id>: a tag filter
+        try:
+            args.tag = [*(args.tag or ()), dag_tag(args.dag)]
+        except TaskEngineException as exc:
+            parser.error(f"--dag: {exc}")
     if args.command in ("cancel", "clean"):
         filters = [args.queue, args.status, args.tag, getattr(args, "since", None), getattr(args, "older_than", None)]
         if args.task_ids and any(filters):
@@ -174,5 +181,5 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.command == "clean" and args.force and not args.task_ids:
             parser.error("clean --force: name the TASK_IDs (it does not take filters)")
         if args.command == "cancel" and not args.task_ids and not any(filters):
-            parser.error("cancel: name TASK_IDs or give a filter (--queue, --status, --tag, --since)")
+            parser.error("cancel: name TASK_IDs or give a filter (--queue, --status, --tag, --dag, --since)")
     return args

@@ -221,7 +221,7 @@ def test_bad_arguments_fail_clearly_and_change_nothing(site: Site) -> None:
         ([], 2, "required: COMMAND"),
         (["list", "--sort", "bogus"], 2, "argument --sort: invalid choice: 'bogus'"),
         (["list", "--limit", "0"], 2, "'0' is not a positive whole number"),
-        ([*ALLOW, "cancel", "--no-dry-run"], 2, "name TASK_IDs or give a filter (--queue, --status, --tag, --since)"),
+        ([*ALLOW, "cancel", "--no-dry-run"], 2, "give a filter (--queue, --status, --tag, --dag, --since)"),
         ([*ALLOW, "cancel", "good", "--status", "RETRY", "--no-dry-run"], 2, "give TASK_IDs or filters, not both"),
         (["clean", "done", "--older-than", "7d", "--no-dry-run"], 2, "give TASK_IDs or filters, not both"),
         (["cancel", "good", "--no-dry-run", "--allow-factory"], 2, "expected one argument"),

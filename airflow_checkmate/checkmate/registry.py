@@ -12,80 +12,28 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import (
-    Boolean,
-    Column,
-    DateTime,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    TypeDecorator,
-    delete,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Select, delete, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from airflow_checkmate.checkmate import sqldb
 from airflow_checkmate.checkmate.exceptions import TaskEngineException
-from airflow_checkmate.checkmate.names import TASK_ID_MAX_LENGTH, validate_task_id
+from airflow_checkmate.checkmate.names import validate_task_id
+from airflow_checkmate.checkmate.registry_schema import (
+    LABEL_MAX_LENGTH,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    metadata,
+    task_tags,
+    tasks,
+)
 from airflow_checkmate.checkmate.status import StageStatus
 
-SCHEMA_VERSION = 1
 DEFAULT_QUEUE_NAME = "default"
-LABEL_MAX_LENGTH = 100
+DAG_TAG_PREFIX = "dag:"
 _LABEL_RE = re.compile(r"[A-Za-z0-9._:=/@+-]+")
 SORT_KEYS = ("task_id", "status", "queue", "created_at", "updated_at")
-
-
-class UTCDateTime(TypeDecorator[dt.datetime]):
-    """A timezone-aware UTC timestamp on every database (SQLite stores it without the zone)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
-        return None if value is None else value.astimezone(dt.timezone.utc)
-
-    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
-
-
-metadata = MetaData()
-tasks = Table(
-    "checkmate_tasks",
-    metadata,
-    Column("task_id", String(TASK_ID_MAX_LENGTH), primary_key=True),
-    Column("base_url", String(1024), nullable=False),
-    Column("checkmate_factory", String(512), nullable=True),
-    Column("factory_kwargs", Text, nullable=False, default="{}"),
-    Column("status", String(16), nullable=False),
-    Column("queue", String(LABEL_MAX_LENGTH), nullable=False),
-    Column("description", Text, nullable=True),
-    Column("cleaned", Boolean, nullable=False, default=False),
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
-    Column("lock_holder", String(512), nullable=True),
-    Column("stages_done", Integer, nullable=False, default=0),
-    Column("stages_total", Integer, nullable=False, default=0),
-    Column("current_stage", String(200), nullable=True),
-    Index("ix_checkmate_tasks_listing", "cleaned", "queue", "status", "updated_at"),
-    Index("ix_checkmate_tasks_updated", "updated_at"),
-    Index("ix_checkmate_tasks_created", "created_at"),
-)
-task_tags = Table(
-    "checkmate_task_tags",
-    metadata,
-    Column("tag", String(LABEL_MAX_LENGTH), primary_key=True),
-    Column("task_id", String(TASK_ID_MAX_LENGTH), primary_key=True),
-    Index("ix_checkmate_task_tags_task", "task_id"),
-)
+#: Row fields the tag rows keep a copy of (see registry_schema).
+_TAG_COPIES = ("cleaned", "updated_at")
 
 
 class TaskRecord(BaseModel):
@@ -117,6 +65,11 @@ def validate_label(kind: str, value: object) -> str:
     return value
 
 
+def dag_tag(dag_id: str) -> str:
+    """The tag the operator gives the tasks of an Airflow DAG, so they can be listed by DAG."""
+    return validate_label("tag", f"{DAG_TAG_PREFIX}{dag_id}")
+
+
 def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -130,7 +83,7 @@ class TaskRegistry:
     def __init__(self, url: str, *, durable: bool = True) -> None:
         self.url = sqldb.safe_url(sqldb.parse_url(url))
         self.engine = sqldb.get_engine(url, durable)
-        sqldb.ensure_schema(self.engine, "registry", metadata, SCHEMA_VERSION)
+        sqldb.ensure_schema(self.engine, "registry", metadata, SCHEMA_VERSION, MIGRATIONS)
 
     def __repr__(self) -> str:
         return f"TaskRegistry({self.url!r})"
@@ -149,12 +102,13 @@ class TaskRegistry:
             else:
                 values.pop("created_at")
                 conn.execute(update(tasks).where(tasks.c.task_id == record.task_id).values(**values))
-            self._set_tags(conn, record.task_id, record.tags)
+            self._set_tags(conn, record, record.tags)
 
     @staticmethod
-    def _set_tags(conn: Connection, task_id: str, tags: Iterable[str]) -> None:
-        conn.execute(delete(task_tags).where(task_tags.c.task_id == task_id))
-        rows = [{"tag": tag, "task_id": task_id} for tag in sorted(set(tags))]
+    def _set_tags(conn: Connection, record: TaskRecord, tags: Iterable[str]) -> None:
+        conn.execute(delete(task_tags).where(task_tags.c.task_id == record.task_id))
+        copies = {"cleaned": record.cleaned, "updated_at": record.updated_at}
+        rows = [{"tag": tag, "task_id": record.task_id, **copies} for tag in sorted(set(tags))]
         if rows:
             conn.execute(insert(task_tags), rows)
 
@@ -164,8 +118,12 @@ class TaskRegistry:
         if unknown:
             raise TaskEngineException(f"unknown registry fields: {sorted(unknown)}")
         fields.setdefault("updated_at", now())
+        copies = {key: fields[key] for key in _TAG_COPIES if key in fields}
         with self._errors(f"updating {task_id}"), sqldb.write_tx(self.engine) as conn:
-            return bool(conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(**fields)).rowcount)
+            found = bool(conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(**fields)).rowcount)
+            if found and copies:
+                conn.execute(update(task_tags).where(task_tags.c.task_id == task_id).values(**copies))
+            return found
 
     def get(self, task_id: str) -> TaskRecord | None:
         """The task's row, or None if it is not registered."""
@@ -197,33 +155,49 @@ class TaskRegistry:
             )
         if limit is not None and limit < 1:
             raise TaskEngineException(f"limit must be at least 1, got {limit}")
-        query = select(tasks)
+        query, updated, cleaned, other_tags = self._listing_source(list(tags or ()), key)
         if task_ids is not None:
             query = query.where(tasks.c.task_id.in_(list(task_ids)))
         if not include_cleaned:
-            query = query.where(tasks.c.cleaned.is_(False))
+            query = query.where(cleaned.is_(False))
         if queue is not None:
             query = query.where(tasks.c.queue == queue)
         if statuses:
             query = query.where(tasks.c.status.in_([str(s) for s in statuses]))
-        for tag in tags or ():
+        for tag in other_tags:
             query = query.where(tasks.c.task_id.in_(select(task_tags.c.task_id).where(task_tags.c.tag == tag)))
         if since is not None:
-            query = query.where(tasks.c.updated_at >= since)
+            query = query.where(updated >= since)
         if before is not None:
-            query = query.where(tasks.c.updated_at < before)
-        column = tasks.c[key]
+            query = query.where(updated < before)
+        column = updated if key == "updated_at" else tasks.c[key]
         query = query.order_by(column.desc() if sort.startswith("-") else column.asc(), tasks.c.task_id)
         if limit is not None:
             query = query.limit(limit)
         with self._errors("listing tasks"), sqldb.read_conn(self.engine) as conn:
             rows = conn.execute(query).mappings().all()
             ids = [row["task_id"] for row in rows]
-            tag_rows = conn.execute(select(task_tags).where(task_tags.c.task_id.in_(ids))).all() if ids else []
+            of_ids = select(task_tags.c.tag, task_tags.c.task_id).where(task_tags.c.task_id.in_(ids))
+            tag_rows = conn.execute(of_ids).all() if ids else []
         tags_of: dict[str, list[str]] = {}
         for tag, task_id in tag_rows:
             tags_of.setdefault(task_id, []).append(tag)
         return [self._record(row, sorted(tags_of.get(row["task_id"], []))) for row in rows]
+
+    @staticmethod
+    def _listing_source(tags: list[str], key: str) -> tuple[Select[Any], Any, Any, list[str]]:
+        """The rows to filter, the ``updated_at`` and ``cleaned`` columns to filter and sort them by, and
+        the tags left to filter on.
+
+        Listed by tag in update order, the rows come from the first tag's rows (which carry copies of
+        both columns): its index yields them newest first, so the query stops after ``limit`` rows
+        however many tasks there are. Otherwise, straight from the task rows.
+        """
+        if not tags or key != "updated_at":
+            return select(tasks), tasks.c.updated_at, tasks.c.cleaned, tags
+        lead = task_tags.alias("lead_tag")
+        query = select(tasks).join(lead, lead.c.task_id == tasks.c.task_id).where(lead.c.tag == tags[0])
+        return query, lead.c.updated_at, lead.c.cleaned, tags[1:]
 
     @staticmethod
     def _record(row: RowMapping, tags: list[str]) -> TaskRecord:

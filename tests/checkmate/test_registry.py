@@ -31,6 +31,7 @@ from airflow_checkmate.checkmate import (
     sqldb,
 )
 from airflow_checkmate.checkmate.lease import HOST
+from airflow_checkmate.checkmate.registry_schema import SCHEMA_VERSION
 from airflow_checkmate.checkmate.service import CheckMateService, TaskNotFound
 from support.managed_tasks import FACTORY, PROBES, build, events, make
 
@@ -303,7 +304,7 @@ def fresh_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 def test_schema_created_on_first_use(fresh_db_url: str) -> None:
-    """The registry creates its tables in an empty database and records version 1 as component 'registry'."""
+    """The registry creates its tables in an empty database and records its version as component 'registry'."""
     probe = create_engine(sqldb.parse_url(fresh_db_url))
     try:
         assert inspect(probe).get_table_names() == []
@@ -312,7 +313,9 @@ def test_schema_created_on_first_use(fresh_db_url: str) -> None:
         assert {"checkmate_schema", "checkmate_tasks", "checkmate_task_tags"} <= tables
         assert "checkmate_objects" not in tables  # the storage's table is made only when storage is used
         with probe.connect() as conn:
-            assert conn.execute(text("SELECT component, version FROM checkmate_schema")).all() == [("registry", 1)]
+            assert conn.execute(text("SELECT component, version FROM checkmate_schema")).all() == [
+                ("registry", SCHEMA_VERSION)
+            ]
         assert registry.list_tasks() == []
     finally:
         probe.dispose()
