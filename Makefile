@@ -49,10 +49,12 @@ unit: $(VENV)/.installed-test
 
 test: lint typecheck unit
 
-# Benchmarks (not part of `make test`; a smoke run of each script is). PostgreSQL joins when reachable.
+# Benchmarks (not part of `make test`; a smoke run of each script is). PostgreSQL joins when its URL is set.
+# bench.targets first: issue 15's targets side by side, each with PASS/FAIL (README "Performance").
+BENCH_POSTGRES = CHECKMATE_BENCH_POSTGRES_URL="$${CHECKMATE_BENCH_POSTGRES_URL-$${CHECKMATE_TEST_POSTGRES_URL-}}"
 bench: $(VENV)/.installed-bench
-	CHECKMATE_BENCH_POSTGRES_URL="$${CHECKMATE_BENCH_POSTGRES_URL-$${CHECKMATE_TEST_POSTGRES_URL-}}" \
-		$(BIN)/python -m bench.backends
+	$(BENCH_POSTGRES) $(BIN)/python -m bench.targets
+	$(BENCH_POSTGRES) $(BIN)/python -m bench.backends
 	$(BIN)/python -m bench.overhead --stages 10 100 1000 10000
 	$(BIN)/python -m bench.resume
 	$(BIN)/python -m bench.large_state

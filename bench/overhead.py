@@ -20,7 +20,6 @@ Benchmarks report, they do not assert: a missed target is printed, the exit code
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import shutil
@@ -28,12 +27,13 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from airflow_checkmate.checkmate import TaskIO
 from bench.backends import run_task
+from bench.peers import INSTALL_HINT, dbos_workflow
 
 #: issue 5's targets: (label, limit), evaluated at TARGET_N (or the largest N measured below it).
 TARGET_N = 1000
@@ -41,7 +41,6 @@ FLOOR_TARGET = 1.3
 DBOS_TARGET = 0.75
 SCALING_TARGET = 1.25
 SCALING_BASE_N = 100
-INSTALL_HINT = "pip install -e '.[bench]'"
 
 
 def floor(folder: Path, stages: int, size: int) -> float:
@@ -86,50 +85,6 @@ def stage_object_size(io: TaskIO) -> int:
     return size
 
 
-@contextlib.contextmanager
-def dbos_workflow(folder: Path) -> Iterator[Callable[[int], float] | None]:
-    """A launched DBOS on a SQLite file in ``folder``; yields "seconds for one workflow of N steps".
-
-    Yields None when DBOS is not installed. DBOS is a process-wide singleton: its step and workflow
-    are registered here, before launch, and the registry is dropped again on exit.
-    """
-    try:
-        from dbos import DBOS
-    except ImportError:
-        yield None
-        return
-
-    @DBOS.step()
-    def noop_step() -> None:
-        pass
-
-    @DBOS.workflow()
-    def noop_workflow(stages: int) -> None:
-        for _ in range(stages):
-            noop_step()
-
-    config: Any = {
-        "name": "checkmate-bench",
-        "system_database_url": f"sqlite:///{folder}/dbos.sqlite",
-        "run_admin_server": False,  # no HTTP port: nothing but the SQLite file
-        "log_level": "WARNING",
-    }
-    with contextlib.redirect_stdout(sys.stderr):
-        DBOS(config=config)
-        DBOS.launch()
-
-    def run(stages: int) -> float:
-        begin = time.perf_counter()
-        noop_workflow(stages)
-        return time.perf_counter() - begin
-
-    try:
-        run(3)  # warm up: schema, connection pool, first-call paths
-        yield run
-    finally:
-        DBOS.destroy(destroy_registry=True)
-
-
 def verdict(value: float | None, limit: float) -> str:
     if value is None:
         return "n/a"
@@ -145,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("airflow_checkmate").setLevel(logging.WARNING)  # the engine logs every stage at INFO
 
     samples: dict[str, dict[int, list[float]]] = {k: {n: [] for n in sizes} for k in ("engine", "floor", "dbos")}
-    with tempfile.TemporaryDirectory() as tmp, dbos_workflow(Path(tmp)) as dbos_run:
+    with tempfile.TemporaryDirectory() as tmp, dbos_workflow(f"sqlite:///{tmp}/dbos.sqlite") as dbos_run:
         io = TaskIO.from_base_url(f"{tmp}/engine")
         size = stage_object_size(io)
         runners: dict[str, Callable[[int, int], float]] = {

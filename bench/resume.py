@@ -97,6 +97,26 @@ def resume(prepared: Path, work: Path, stages: int, complete: int) -> float:
         shutil.rmtree(work)
 
 
+def prepare_in(io: TaskIO, task_id: str, complete: int) -> None:
+    """Store ``task_id`` on any backend with ``complete`` COMPLETE stages and the next one in RETRY."""
+    engine = make_engine(io, task_id, complete + 1, complete)
+    run_until_stop(engine)
+    engine.unbind()
+
+
+def resume_in_place(io: TaskIO, task_id: str, complete: int) -> float:
+    """Seconds to bind a task made by :func:`prepare_in` and reach its first runnable stage.
+
+    It resumes the stored task itself, not a copy (a database has no folder to copy): each run leaves
+    the same COMPLETE stages and the same stage in RETRY, one attempt further, so rounds stay comparable.
+    """
+    engine = make_engine(io, task_id, complete + 1, complete)
+    try:
+        return run_until_stop(engine)
+    finally:
+        engine.unbind()
+
+
 def fresh(io: TaskIO, stages: int) -> float:
     """Seconds to bind a new task of ``stages`` stages and reach its first stage."""
     engine = make_engine(io, f"fresh-{uuid.uuid4().hex[:12]}", stages, 0)

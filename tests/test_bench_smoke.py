@@ -7,15 +7,18 @@ import pytest
 from support.processes import run_python
 
 
-def run_bench(*args: str, hide_dbos: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run a bench module in a child Python; ``hide_dbos`` makes ``import dbos`` fail as if not installed."""
+def run_bench(*args: str, hide_dbos: bool = False, postgres: str = "") -> subprocess.CompletedProcess[str]:
+    """Run a bench module in a child Python; ``hide_dbos`` makes ``import dbos`` fail as if not installed.
+
+    ``postgres``: the server for the benchmark's PostgreSQL parts (none by default).
+    """
     if hide_dbos:
         module, *rest = args
         code = f"import sys; sys.modules['dbos'] = None; from {module} import main; sys.exit(main({rest!r}))"
         command = ["-c", code]
     else:
         command = ["-m", *args]
-    proc = run_python(*command, timeout=300, env={"CHECKMATE_BENCH_POSTGRES_URL": ""})
+    proc = run_python(*command, timeout=300, env={"CHECKMATE_BENCH_POSTGRES_URL": postgres})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -93,3 +96,26 @@ def test_startup_benchmark_prints_every_case() -> None:
     for case in ("bare interpreter", "import airflow_checkmate.checkmate", "checkmate list (explicit URLs)"):
         assert case in proc.stdout, proc.stdout
     assert "CPU: the connection adds" in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+def test_targets_benchmark_prints_the_machine_and_a_verdict_per_target(postgres_url: str) -> None:
+    """``python -m bench.targets`` on tiny sizes, files and PostgreSQL: the machine line, every figure, verdicts."""
+    sizes = ["--stages", "3", "--rounds", "1", "--resume-stages", "3", "--list-tasks", "300"]
+    proc = run_bench("bench.targets", *sizes, postgres=postgres_url)
+    assert proc.stdout.startswith("machine: "), proc.stdout
+    assert "PostgreSQL" in proc.stdout.splitlines()[0], proc.stdout
+    lines = [line.strip() for line in proc.stdout.splitlines() if line.startswith("  ")]
+    targets = [line for line in lines if "target <=" in line]
+    labels = ("files: engine / ", "PostgreSQL: engine / ", "CPU: engine per stage", "checkmate list ")
+    assert [sum(line.startswith(label) for line in targets) for label in labels] == [2, 2, 1, 4], proc.stdout
+    assert all(line.endswith(("PASS", "FAIL", "n/a")) for line in targets), proc.stdout
+    assert sum(line.startswith("resume, 3 COMPLETE stages") for line in lines) == 2, proc.stdout
+
+
+@pytest.mark.slow
+def test_registry_list_benchmark_prints_a_row_per_filter(postgres_url: str) -> None:
+    """``python -m bench.registry_list`` over 300 tasks: each filter lists rows (the DAG ones included)."""
+    proc = run_bench("bench.registry_list", "--tasks", "300", "--runs", "1", postgres=postgres_url)
+    rows = [line.split("(")[-1] for line in proc.stdout.splitlines() if line.endswith(" rows)")]
+    assert len(rows) == 4 and all(not row.startswith("0 ") for row in rows), proc.stdout
