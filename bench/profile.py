@@ -2,12 +2,15 @@
 
 Two views of a task of N no-op stages (bind, execute, unbind):
 
-- an I/O census: the system calls that cost on a journaling filesystem (fsync, creating/opening files,
-  rename, unlink, flock, stat, directory scans), counted per bind, per stage and per unbind by wrapping
-  the ``os``/``io``/``fcntl`` functions the storage layer calls. The floor does, per stage, 2 x (open
-  temp, write, fsync, close, rename, open folder, fsync folder, close): 4 fsyncs, 4 opens, 2 renames;
+- an I/O census (files only): the system calls that cost on a journaling filesystem (fsync, fdatasync,
+  creating/opening files, rename, unlink, flock, stat, directory scans), counted per bind, per stage
+  and per unbind by wrapping the ``os``/``io``/``fcntl`` functions the storage layer calls. The floor
+  of one crash-safe checkpoint per stage is one append and one ``fdatasync`` to a file already open;
 - a profile (cProfile, or pyinstrument with ``--pyinstrument``) of several runs, the top functions by
-  own time, so the engine's Python work can be told from the time it waits in fsync.
+  own time, so the engine's Python work can be told from the time it waits in fsync or the database.
+
+``--postgres`` profiles the PostgreSQL backend instead, in a scratch database on the
+CHECKMATE_BENCH_POSTGRES_URL server (dropped at the end).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from bench.backends import Noop, run_task
 #: (module, attribute, label) of the calls the census counts.
 CALLS: tuple[tuple[Any, str, str], ...] = (
     (os, "fsync", "fsync"),
+    (os, "fdatasync", "fdatasync"),
     (os, "open", "os.open"),
     (io_module, "open", "open(r)"),  # pathlib reads through io.open,
     (builtins, "open", "open(r)"),  # the rest through the builtin
@@ -101,27 +105,42 @@ def profiled_run(io: TaskIO, stages: int, prof: cProfile.Profile | None) -> floa
     return elapsed
 
 
+def print_census(io: TaskIO) -> None:
+    """The I/O census of a 20-stage task on files, against the floor's calls per stage."""
+    phases = io_census(io, 20)
+    labels = list(dict.fromkeys(label for _, _, label in CALLS))
+    print("I/O census of one task (20 stages): calls per bind, per stage, per unbind")
+    print(f"{'phase':<12}" + "".join(f"{label:>10}" for label in labels))
+    for phase, per in (("bind", 1), ("per stage", 20), ("unbind", 1)):
+        counts = phases["execute" if phase == "per stage" else phase]
+        print(f"{phase:<12}" + "".join(f"{counts[label] / per:>10.3g}" for label in labels))
+    floor_calls = {"fdatasync": 1}
+    print(f"{'floor/stage':<12}" + "".join(f"{floor_calls.get(label, 0):>10}" for label in labels))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", type=int, nargs="+", default=[10, 1000], help="task sizes N")
     parser.add_argument("--stage-budget", type=int, default=3000, help="stages profiled per N (runs = budget / N)")
     parser.add_argument("--top", type=int, default=15, help="functions listed per profile")
     parser.add_argument("--pyinstrument", action="store_true", help="profile with pyinstrument (bench extra)")
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL (CHECKMATE_BENCH_POSTGRES_URL)")
     args = parser.parse_args(argv)
     logging.getLogger("airflow_checkmate").setLevel(logging.WARNING)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        io = TaskIO.from_base_url(f"{tmp}/engine")
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        if args.postgres:
+            from reliability.pg import fresh_database
+
+            server = os.environ.get("CHECKMATE_BENCH_POSTGRES_URL")
+            if not server:
+                parser.error("--postgres needs CHECKMATE_BENCH_POSTGRES_URL (a server; a scratch database is made)")
+            io = TaskIO.from_base_url(stack.enter_context(fresh_database(server, prefix="checkmate_profile")))
+        else:
+            io = TaskIO.from_base_url(f"{tmp}/engine")
         run_task(io, 3)  # warm up imports and first-call paths
-        phases = io_census(io, 20)
-        labels = list(dict.fromkeys(label for _, _, label in CALLS))
-        print("I/O census of one task (20 stages): calls per bind, per stage, per unbind")
-        print(f"{'phase':<12}" + "".join(f"{label:>9}" for label in labels))
-        for phase, per in (("bind", 1), ("per stage", 20), ("unbind", 1)):
-            counts = phases["execute" if phase == "per stage" else phase]
-            print(f"{phase:<12}" + "".join(f"{counts[label] / per:>9.3g}" for label in labels))
-        floor_calls = {"fsync": 4, "os.open": 4, "rename": 2}
-        print(f"{'floor/stage':<12}" + "".join(f"{floor_calls.get(label, 0):>9}" for label in labels))
+        if not args.postgres:
+            print_census(io)
 
         for n in args.stages:
             runs = max(1, args.stage_budget // n)
