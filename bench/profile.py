@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         if args.postgres:
-            from reliability.pg import fresh_database
+            from support.pg import fresh_database
 
             server = os.environ.get("CHECKMATE_BENCH_POSTGRES_URL")
             if not server:

@@ -103,7 +103,7 @@ def time_filters(database_url: str, runs: int) -> dict[str, tuple[float, int]]:
 @contextlib.contextmanager
 def seeded_registry(server: str, tasks: int) -> Iterator[tuple[str, float]]:
     """A scratch database on ``server`` holding ``tasks`` registered tasks; yields (URL, seeding seconds)."""
-    from reliability.pg import fresh_database
+    from support.pg import fresh_database
 
     with fresh_database(server, prefix="checkmate_bench_registry") as url:
         yield url, seed(url, tasks)

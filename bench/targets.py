@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in compare("files", io, floor, ("DBOS/SQLite", f"sqlite:///{tmp}/dbos.sqlite", 0.25), n, rounds):
             print(line, flush=True)
         if server:
-            from reliability.pg import fresh_database
+            from support.pg import fresh_database
 
             url = stack.enter_context(fresh_database(server, prefix="checkmate_bench"))
             dbos_url = stack.enter_context(fresh_database(server, prefix="checkmate_bench_dbos"))

@@ -17,7 +17,7 @@ from sqlalchemy import Column, Index, Integer, MetaData, String, Table, create_e
 from airflow_checkmate import cli
 from airflow_checkmate.checkmate import StageStatus, TaskRecord, TaskRegistry, sqldb
 from airflow_checkmate.checkmate import registry_schema as schema
-from reliability.pg import fresh_database
+from support.pg import fresh_database
 
 S = StageStatus
 T0 = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
