@@ -110,7 +110,9 @@ def test_targets_benchmark_prints_the_machine_and_a_verdict_per_target(postgres_
     labels = ("files: engine / ", "PostgreSQL: engine / ", "CPU: engine per stage", "checkmate list ")
     assert [sum(line.startswith(label) for line in targets) for label in labels] == [2, 2, 1, 4], proc.stdout
     assert all(line.endswith(("PASS", "FAIL", "n/a")) for line in targets), proc.stdout
-    assert sum(line.startswith("resume, 3 COMPLETE stages") for line in lines) == 2, proc.stdout
+    resumes = [line for line in lines if line.startswith("resume, 3 COMPLETE stages")]
+    assert len(resumes) == 6, proc.stdout  # files and PostgreSQL: this tree's ms, main's ms, the ratio
+    assert sum(": now / main" in line and "target <=" in line for line in resumes) == 2, proc.stdout
 
 
 @pytest.mark.slow
