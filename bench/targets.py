@@ -11,7 +11,8 @@ is not timed and is flushed (``os.sync()``) before the next one starts.
   on the same server, and against DBOS with its system database on the same server;
 - CPU: process CPU time per stage on tmpfs (``/dev/shm``) with ``durable=False``;
 - resume: bind a task of 1,000 COMPLETE stages until the next stage's code starts, on files and on
-  PostgreSQL, against the figure measured on main before storage v2 (:data:`RESUME_BASELINE_MS`);
+  PostgreSQL, against main before storage v2 run in the same rounds (:mod:`bench.resume_baseline`),
+  or, without git history, against the figure recorded here (:data:`RESUME_BASELINE_MS`);
 - ``checkmate list`` by status, tag and DAG over 100,000 registered tasks on PostgreSQL.
 
 Every line prints the figure, the target and PASS or FAIL; a benchmark reports, it does not fail.
