@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import os
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,11 +18,13 @@ from typing import Any
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, event, select, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError, SQLAlchemyError
 
 from airflow_checkmate.checkmate.exceptions import TaskEngineException, TaskIOException
 
 SCHEMA_TABLE = "checkmate_schema"
+PING_AFTER_IDLE = 1.0  # seconds a pooled PostgreSQL connection may idle before it is pinged at checkout
+_IDLE_SINCE = "checkmate_idle_since"
 _WRITE = "checkmate_write"
 _engines: dict[tuple[int, str, bool], Engine] = {}
 _schemas: set[tuple[int, str, str]] = set()
@@ -85,7 +88,9 @@ def get_engine(url: str, durable: bool = True) -> Engine:
 def _create(url: URL, durable: bool) -> Engine:
     try:
         if url.get_backend_name() == "postgresql":
-            return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=8)
+            engine = create_engine(url, pool_size=2, max_overflow=8)
+            _ping_when_idle(engine)
+            return engine
         database = Path(str(url.database)).expanduser()
         database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(FileExistsError):
@@ -114,6 +119,30 @@ def _create(url: URL, durable: bool) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection is alive before use only if it sat idle for ``PING_AFTER_IDLE`` seconds.
+
+    A ping on every checkout (``pool_pre_ping``) is a round trip per statement, as much as the statement
+    itself on a busy task; a connection used a moment ago is alive. A dead one is replaced by the pool.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get(_IDLE_SINCE, 0.0) < PING_AFTER_IDLE:
+            return
+        try:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            dbapi_conn.rollback()  # the ping may have opened a transaction: leave the connection idle
+        except Exception as exc:  # any failure of a trivial statement means this connection is unusable
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ ever lost without an error: two holders never both succeed in writing over the s
 """
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from airflow_checkmate.checkmate.exceptions import (
@@ -23,6 +23,7 @@ from airflow_checkmate.checkmate.exceptions import (
     TaskIOException,
 )
 from airflow_checkmate.checkmate.io.base import DEFAULT_LEASE_SECONDS, Fence, TaskIO
+from airflow_checkmate.checkmate.io.checkpoint import Checkpoint
 from airflow_checkmate.checkmate.io.conditions import SINGLE_PUT, STORE_ERRORS, ConditionFailed, conditional_writes
 from airflow_checkmate.checkmate.names import validate_obj_name
 
@@ -134,14 +135,33 @@ class TaskIOObjectStorage(TaskIO):
 
     def write(self, obj_name: str, data: str | bytes, *, fence: Fence | None = None) -> None:
         """Replace the object with one PUT; with a fence, only while the lease holds and the object is unchanged."""
+        self._path(obj_name)
+        if fence is not None:
+            self.check_fence(fence)
+        self._write(obj_name, data.encode("utf-8") if isinstance(data, str) else data, fenced=fence is not None)
+
+    def commit(self, writes: Sequence[tuple[str, bytes | None]], *, fence: Fence | None = None) -> None:
+        """One checkpoint: with a fence, one GET of the lease, then per object in order one conditional PUT
+        or DELETE (plus one GET for an object this process has not seen). Not atomic: a crash or a refusal
+        leaves a prefix applied, which the caller's order makes a valid task.
+        """
+        checkpoint = Checkpoint.of(writes)
+        if fence is not None and checkpoint.changes:
+            self.check_fence(fence)
+        for name, data in checkpoint.changes.items():
+            if data is None:
+                self._remove(name, fenced=fence is not None)
+            else:
+                self._write(name, data, fenced=fence is not None)
+
+    def _write(self, obj_name: str, payload: bytes, *, fenced: bool) -> None:
+        """One PUT of the object; when fenced (the lease was just checked), conditional on the ETag last seen."""
         path = self._path(obj_name)
-        payload = data.encode("utf-8") if isinstance(data, str) else data
         try:
-            if fence is None:
+            if not fenced:
                 self._put(path, payload)
                 self._etags.pop(obj_name, None)
                 return
-            self.check_fence(fence)
             seen = self._seen(obj_name, path)
             etag = (
                 self.conditions.create(path, payload) if seen is None else self.conditions.replace(path, payload, seen)
@@ -180,16 +200,22 @@ class TaskIOObjectStorage(TaskIO):
         )
 
     def remove(self, obj_name: str, *, fence: Fence | None = None) -> bool:
+        self._path(obj_name)
+        if fence is not None:
+            self.check_fence(fence)
+        return self._remove(obj_name, fenced=fence is not None)
+
+    def _remove(self, obj_name: str, *, fenced: bool) -> bool:
+        """Delete the object; when fenced, conditional on the ETag last seen. False if it did not exist."""
         path = self._path(obj_name)
         try:
-            if fence is None:
+            if not fenced:
                 self.fs.invalidate_cache(path)
                 if not self.fs.isfile(path):
                     return False
                 self.fs.rm_file(path)
                 self._etags[obj_name] = None
                 return True
-            self.check_fence(fence)
             seen = self._etags.get(obj_name)
             if seen is None:  # never seen, or seen absent and maybe written since (a cancel request): look
                 found = self.conditions.read(path)

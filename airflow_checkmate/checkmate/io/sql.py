@@ -5,23 +5,32 @@ The bind lock is a lease row in the same table, changed only by compare-and-swap
 A fenced write locks that lease row (``FOR SHARE`` on PostgreSQL, the database write lock on SQLite),
 checks the token and writes the object in the same transaction: a takeover waits for it to commit and
 then sees it, and a write after a takeover is refused.
+
+A checkpoint (:meth:`TaskIOSQL.commit`; a single write or removal is one too) is one transaction: on
+PostgreSQL one statement in autocommit, so one round trip (:mod:`.sql_checkpoint`). Reads, lease
+creation and lease swaps are single statements too, one round trip each; ``read_prefix`` is one SELECT
+by task key, so it sees one checkpoint, never a mix of two.
 """
 
 import contextlib
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import Column, Float, Index, LargeBinary, MetaData, String, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from airflow_checkmate.checkmate import sqldb
-from airflow_checkmate.checkmate.exceptions import PersistenceDataNotFoundException
+from airflow_checkmate.checkmate.exceptions import PersistenceDataNotFoundException, TaskIOException
 from airflow_checkmate.checkmate.io.base import DEFAULT_LEASE_SECONDS, Fence, TaskIO, lease_lost, lease_token
+from airflow_checkmate.checkmate.io.checkpoint import Checkpoint
+from airflow_checkmate.checkmate.io.sql_checkpoint import apply_postgres, apply_sqlite
 from airflow_checkmate.checkmate.names import validate_obj_name
 
 SCHEMA_VERSION = 1
+T = TypeVar("T")
 
 metadata = MetaData()
 objects = Table(
@@ -54,7 +63,10 @@ class TaskIOSQL(TaskIO):
         self.engine = sqldb.get_engine(base_url, durable)
         self._reopen = (base_url, {"lease_seconds": lease_seconds, "durable": durable})
         sqldb.ensure_schema(self.engine, "objects", metadata, SCHEMA_VERSION)
-        self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        self._postgres = self.engine.dialect.name == "postgresql"
+        self._insert = postgresql.insert if self._postgres else sqlite.insert
+        # single statements need no transaction: on PostgreSQL autocommit saves a BEGIN and a COMMIT round trip
+        self._single = self.engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgres else self.engine
 
     def reopen_args(self) -> tuple[str, dict[str, Any]]:
         return self._reopen
@@ -70,8 +82,8 @@ class TaskIOSQL(TaskIO):
     def _fetch(self, obj_name: str) -> bytes | None:
         """The object's bytes in one statement, or None if it does not exist."""
         self._key(obj_name)
-        with sqldb.db_errors(f"reading {self.build_url(obj_name)}"), sqldb.read_conn(self.engine) as conn:
-            data = conn.execute(select(objects.c.data).where(objects.c.name == obj_name)).scalar()
+        query = select(objects.c.data).where(objects.c.name == obj_name)
+        data = self._run(f"reading {self.build_url(obj_name)}", lambda conn: conn.execute(query).scalar())
         return None if data is None else bytes(data)
 
     def read_bytes(self, obj_name: str) -> bytes:
@@ -82,39 +94,51 @@ class TaskIOSQL(TaskIO):
 
     def exists(self, obj_name: str) -> bool:
         self._key(obj_name)
-        with sqldb.db_errors(f"looking up {self.build_url(obj_name)}"), sqldb.read_conn(self.engine) as conn:
-            return conn.execute(select(objects.c.name).where(objects.c.name == obj_name)).first() is not None
+        query = select(objects.c.name).where(objects.c.name == obj_name)
+        return self._run(f"looking up {self.build_url(obj_name)}", lambda conn: conn.execute(query).first()) is not None
 
     def list(self, prefix: str) -> list[str]:
         """Names of stored objects starting with ``prefix``; a prefix with a ``/`` reads one task's rows."""
         query = select(objects.c.name)
         if "/" in prefix:
             query = query.where(objects.c.task_key == self._key(prefix.partition("/")[0]))
-        with sqldb.db_errors(f"listing {self.base_url}"), sqldb.read_conn(self.engine) as conn:
-            found = conn.execute(query).scalars().all()
+        found = self._run(f"listing {self.base_url}", lambda conn: conn.execute(query).scalars().all())
         return sorted(n for n in found if n.startswith(prefix))
 
     def write(self, obj_name: str, data: str | bytes, *, fence: Fence | None = None) -> None:
         """Insert or replace the object's row; with a fence, only while the lease row carries its token."""
-        key = self._key(obj_name)
-        payload = data.encode("utf-8") if isinstance(data, str) else data
-        values = {"name": obj_name, "task_key": key, "data": payload, "lease_token": None, "updated_at": time.time()}
-        statement = self._insert(objects).values(**values)
-        statement = statement.on_conflict_do_update(
-            index_elements=[objects.c.name],
-            set_={  # an object written over a lease is no lease any more: its token goes too
-                "data": statement.excluded.data,
-                "lease_token": statement.excluded.lease_token,
-                "updated_at": statement.excluded.updated_at,
-            },
+        self._apply(
+            Checkpoint.of([(obj_name, data)]),
+            fence,
+            f"writing {self.build_url(obj_name)} (its previous version is unchanged)",
         )
-        with self._fenced_tx(fence, f"writing {self.build_url(obj_name)} (its previous version is unchanged)") as conn:
-            conn.execute(statement)
 
     def remove(self, obj_name: str, *, fence: Fence | None = None) -> bool:
-        self._key(obj_name)
-        with self._fenced_tx(fence, f"removing {self.build_url(obj_name)}") as conn:
-            return conn.execute(delete(objects).where(objects.c.name == obj_name)).rowcount > 0
+        return self._apply(Checkpoint.of([(obj_name, None)]), fence, f"removing {self.build_url(obj_name)}") > 0
+
+    def commit(self, writes: Sequence[tuple[str, bytes | None]], *, fence: Fence | None = None) -> None:
+        """Apply the checkpoint in one transaction (one statement, one round trip, on PostgreSQL)."""
+        checkpoint = Checkpoint.of(writes)
+        if checkpoint.writes or checkpoint.removals:
+            self._apply(checkpoint, fence, f"committing a checkpoint of {len(writes)} object(s) to {self.base_url}")
+
+    def read_prefix(self, prefix: str) -> dict[str, bytes]:
+        """Every object starting with ``prefix``, from one SELECT (by task key when the prefix has a ``/``)."""
+        query = select(objects.c.name, objects.c.data)
+        if "/" in prefix:
+            query = query.where(objects.c.task_key == self._key(prefix.partition("/")[0]))
+        found = self._run(f"reading {self.base_url}#{prefix}*", lambda conn: conn.execute(query).all())
+        return {name: bytes(data) for name, data in sorted(found) if name.startswith(prefix)}
+
+    def _apply(self, checkpoint: Checkpoint, fence: Fence | None, what: str) -> int:
+        """Apply a checkpoint atomically with its fence check; the number of rows removed."""
+        if fence is not None:
+            self._key(fence.lock_name)
+        apply = apply_postgres if self._postgres else apply_sqlite
+        held, removed = self._run(what, lambda conn: apply(conn, checkpoint, fence), write=True)
+        if not held:
+            raise lease_lost(fence.lock_name if fence is not None else "")
+        return removed
 
     def lease_read(self, lock_name: str) -> str | None:
         data = self._fetch(lock_name)  # one statement: a lease released and retaken meanwhile reads as either
@@ -139,8 +163,11 @@ class TaskIOSQL(TaskIO):
             .on_conflict_do_nothing(index_elements=[objects.c.name])
             .returning(objects.c.name)
         )
-        with sqldb.db_errors(f"creating lease {self.build_url(lock_name)}"), sqldb.write_tx(self.engine) as conn:
-            return conn.execute(statement).first() is not None
+        what = f"creating lease {self.build_url(lock_name)}"
+        if self._run(what, lambda conn: conn.execute(statement).first(), write=True) is not None:
+            return True
+        # a create retried after a dropped connection finds its own lease (its token is unique)
+        return self._fetch(lock_name) == data.encode("utf-8")
 
     def lease_swap(self, lock_name: str, expected: str, new: str | None) -> bool:
         self._key(lock_name)
@@ -153,24 +180,33 @@ class TaskIOSQL(TaskIO):
                 .where(match)
                 .values(data=new.encode("utf-8"), lease_token=lease_token(new), updated_at=time.time())
             )
-        with sqldb.db_errors(f"changing lease {self.build_url(lock_name)}"), sqldb.write_tx(self.engine) as conn:
-            return bool(conn.execute(statement).rowcount == 1)
+        what = f"changing lease {self.build_url(lock_name)}"
+        if self._run(what, lambda conn: conn.execute(statement).rowcount, write=True) == 1:
+            return True
+        # a swap retried after a dropped connection finds its own new text (its token and heartbeat are unique)
+        return new is not None and self._fetch(lock_name) == new.encode("utf-8")
 
     def check_fence(self, fence: Fence) -> None:
-        with self._fenced_tx(fence, f"checking lease {self.build_url(fence.lock_name)}"):
-            pass
+        self._key(fence.lock_name)
+        super().check_fence(fence)  # one SELECT: a check is a moment's answer; the writes carry their own
 
-    @contextlib.contextmanager
-    def _fenced_tx(self, fence: Fence | None, what: str) -> Iterator[Connection]:
-        """A write transaction that, with a fence, first locks the lease row and checks it carries the token.
+    def _run(self, what: str, call: Callable[[Connection], T], *, write: bool = False) -> T:
+        """Run one statement (a write: one transaction); once more if the database dropped the connection.
 
-        The row lock lasts until the transaction ends, so a takeover waits for the write and then sees it.
+        Pooled connections are pinged only after idling (:func:`sqldb.get_engine`), so a server restart
+        shows up here. Every statement of this class may run twice: reads and checkpoints are idempotent,
+        and the lease methods recognise their own landed change.
         """
-        if fence is not None:
-            self._key(fence.lock_name)
-        with sqldb.db_errors(what), sqldb.write_tx(self.engine) as conn:
-            if fence is not None:
-                query = select(objects.c.lease_token).where(objects.c.name == fence.lock_name)
-                if conn.execute(query.with_for_update(read=True)).scalar() != fence.token:
-                    raise lease_lost(fence.lock_name)
-            yield conn
+        for attempt in (1, 2):
+            try:
+                with sqldb.db_errors(what), self._connect(write) as conn:
+                    return call(conn)
+            except TaskIOException as exc:
+                dropped = isinstance(exc.__cause__, DBAPIError) and exc.__cause__.connection_invalidated
+                if attempt == 2 or not dropped:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _connect(self, write: bool) -> "contextlib.AbstractContextManager[Connection]":
+        """Autocommit on PostgreSQL (one round trip a statement); a ``BEGIN IMMEDIATE`` write on SQLite."""
+        return sqldb.write_tx(self.engine) if write and not self._postgres else self._single.connect()
