@@ -3,8 +3,8 @@
 Every test runs twice through the ``db_url`` fixture (a SQLite file, then PostgreSQL); on PostgreSQL each
 test gets a database of its own, so listings see only that test's objects. Covers whole-object writes
 (bytes kept exact), listing by prefix, name validation before any storage call, the lease primitives,
-fenced writes refused after a takeover (and a takeover waiting for a fenced write in flight), the schema
-version guard, the hidden password, and an engine task run to COMPLETE and resumed after a RETRY.
+fenced writes refused after a takeover, the schema version guard, the hidden password, and an engine task run to COMPLETE and resumed after a RETRY.
+Checkpoints, whole-task reads and a takeover racing a fenced write: test_sql_checkpoint.py.
 """
 
 import json
@@ -344,54 +344,6 @@ def test_fence_without_a_lease_is_refused(sql_io: TaskIOSQL) -> None:
         with pytest.raises(LeaseLostException):
             call()
     assert contents(sql_io) == {"t/a.json": b"1"}
-
-
-@pytest.mark.parametrize("op", ["write", "remove"])
-def test_takeover_waits_for_a_fenced_write_in_flight(store_url: str, op: str) -> None:
-    """A lease swap racing a fenced write commits only after that write: never a write after a takeover."""
-    io = TaskIOSQL(store_url)
-    other = TaskIOSQL(store_url)
-    io.lease_create(LOCK, lease("old"))
-    io.write("t/a.json", "v1")
-    in_flight, resume = threading.Event(), threading.Event()
-    outcome: dict[str, Any] = {}
-
-    def pause_before_the_change(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        verb = statement.lstrip().split(None, 1)[0].upper()
-        if threading.current_thread() is writer and verb in ("INSERT", "DELETE") and "checkmate_objects" in statement:
-            in_flight.set()
-            resume.wait(10)
-
-    def fenced_change() -> None:
-        try:
-            if op == "write":
-                io.write("t/a.json", "v2", fence=Fence(LOCK, "old"))
-            else:
-                io.remove("t/a.json", fence=Fence(LOCK, "old"))
-            outcome["change"] = "done"
-        except BaseException as exc:
-            outcome["change"] = exc
-
-    def take_over() -> None:
-        outcome["swap"] = other.lease_swap(LOCK, lease("old"), lease("new"))
-
-    writer = threading.Thread(target=fenced_change)
-    swapper = threading.Thread(target=take_over)
-    event.listen(io.engine, "before_cursor_execute", pause_before_the_change)
-    try:
-        writer.start()
-        assert in_flight.wait(10), "the fenced change never reached the database"
-        swapper.start()
-        swapper.join(0.8)
-        assert swapper.is_alive(), "the lease was taken over while a fenced change of the old holder was in flight"
-    finally:
-        resume.set()
-        writer.join(30)
-        swapper.join(30)
-        event.remove(io.engine, "before_cursor_execute", pause_before_the_change)
-    assert outcome == {"change": "done", "swap": True}
-    assert json.loads(io.lease_read(LOCK) or "{}")["token"] == "new"
-    assert contents(io).get("t/a.json") == (b"v2" if op == "write" else None)
 
 
 # --------------------------------------------------------------------------- schema version
