@@ -12,7 +12,9 @@ Every backend must give the engine the same guarantees:
   holder's stored objects stay byte-identical;
 - a corrupt stage object stops the bind with PersistenceDataNotFoundException naming it, left as it was;
 - invalid task ids and stage names raise TaskEngineException before any storage call, storing nothing;
-- a cancel request that arrives while a stage fails is consumed by that cancel, so a reset task runs again.
+- a cancel request that arrives while a stage fails is consumed by that cancel, so a reset task runs again;
+- a checkpoint (``commit``) of several objects is read back whole by ``read_prefix`` (one task's objects
+  only), and refused after a takeover with nothing changed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import pytest
 from airflow_checkmate.checkmate import (
     BindException,
     CheckMateEngine,
+    Fence,
     LeaseLostException,
     PersistenceDataNotFoundException,
     RetryPolicy,
@@ -311,6 +314,8 @@ def test_old_holder_is_fenced_after_a_takeover(backend: Backend, tmp_path: Path)
         with pytest.raises(LeaseLostException):
             old_io.remove(s1, fence=fence)
         with pytest.raises(LeaseLostException):
+            old_io.commit([(s1, b'{"overwritten": true}'), (task_obj, None)], fence=fence)
+        with pytest.raises(LeaseLostException):
             old.execute()  # its first write (s1 RUNNING) is refused before any stage code runs
         with pytest.raises(LeaseLostException):
             old.unbind(clean=True)  # nor can it remove the task it no longer holds
@@ -429,3 +434,37 @@ def test_bad_task_ids_and_stage_names_are_refused_before_any_storage_call(backen
     assert calls == [], f"storage was called before the ids were checked: {calls}"
     assert backend.io().list("") == before, "a refused id stored something"
     assert starts(journal) == []
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def held_by(token: str) -> str:
+    """A lease record's text, held by ``token`` (on another host)."""
+    now = time.time()
+    record = LeaseRecord(token=token, host="elsewhere", pid=1, acquired_at=now, heartbeat_at=now, lease_seconds=30)
+    return record.model_dump_json()
+
+
+def test_a_checkpoint_is_read_back_whole_and_refused_after_a_takeover(backend: Backend) -> None:
+    """``commit`` applies each object's last change; ``read_prefix`` reads one task; a stale fence changes nothing."""
+    io, task_id = backend.io(), new_task_id("checkpoint")
+    lock, cancel = names.lock_obj_name(task_id), names.cancel_obj_name(task_id)
+    s1, s2 = (names.stage_obj_name(task_id, s) for s in ("s1", "s2"))
+    record = names.task_obj_name(task_id)
+    io.write(f"{task_id}x/task.json", b"a neighbour whose id starts with this one's")
+    assert io.lease_create(lock, held_by("old"))
+    old = Fence(lock, "old")
+    io.commit([(record, b"task"), (s1, b"s1 RUNNING"), (cancel, b"please")], fence=old)
+    io.commit([(s1, b"s1 COMPLETE"), (s2, b"s2 RUNNING"), (cancel, None), (s2, b"s2 RUNNING, attempt 1")], fence=old)
+    expected = {record: b"task", s1: b"s1 COMPLETE", s2: b"s2 RUNNING, attempt 1"}
+    found = backend.io().read_prefix(names.task_prefix(task_id))
+    assert found.pop(lock) and found == expected
+    assert objects_of(backend.io(), task_id) == {**expected, lock: io.read_bytes(lock)}
+
+    assert backend.io().lease_swap(lock, io.lease_read(lock) or "", held_by("new"))
+    before = objects_of(backend.io(), task_id)
+    for changes in ([(s2, b"s2 COMPLETE"), (names.stage_obj_name(task_id, "s3"), b"s3 RUNNING")], [(s1, None)]):
+        with pytest.raises(LeaseLostException):
+            io.commit(changes, fence=old)
+        assert objects_of(backend.io(), task_id) == before, "a refused checkpoint changed the task"

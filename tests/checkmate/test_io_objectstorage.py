@@ -475,3 +475,77 @@ def test_hook_default_connection_gives_s3_storage(monkeypatch: pytest.MonkeyPatc
     assert TaskIO.from_base_url(s3, conn_id=S3_CONN_ID).read("hooked/task.json") == '{"via": "hook"}'
     assert hook.test_connection() == (True, f"CheckMate storage at {s3} is writable")
     assert keys(client, s3) == ["state/hooked/task.json"], "the connection test left its probe behind"
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_a_checkpoint_costs_one_lease_read_and_one_request_per_object_in_order(
+    open_io: Callable[..., TaskIOObjectStorage], client: Any, s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request counts the module docstring and the README give, and the order that keeps prefixes valid."""
+    io = open_io()
+    sent: list[tuple[str, str]] = []
+    original = io.fs._call_s3
+
+    async def recorded(method: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append((method, str(kwargs.get("Key", kwargs.get("Prefix", ""))).removeprefix("state/")))
+        return await original(method, *args, **kwargs)
+
+    monkeypatch.setattr(io.fs, "_call_s3", recorded)
+    keeper = acquire(io, LOCK, None)[0]
+    fence = keeper.fence
+    sent.clear()
+    assert io.read_prefix("t/") == {LOCK: keeper.record.model_dump_json().encode()}  # as a bind reads the task
+    assert sent == [("list_objects_v2", "t/"), ("get_object", LOCK)], "a bind lists once and reads each object once"
+    sent.clear()
+    io.commit([("t/task.json", b"task"), (OBJ, b"s1 RUNNING"), ("t/cancel.json", b"x")], fence=fence)
+    assert sent == [("get_object", LOCK), *(("put_object", o) for o in ("t/task.json", OBJ, "t/cancel.json"))]
+    sent.clear()
+    io.commit([(OBJ, b"s1 COMPLETE"), ("t/s2.stage.json", b"s2 RUNNING")], fence=fence)
+    assert sent == [("get_object", LOCK), ("put_object", OBJ), ("put_object", "t/s2.stage.json")]
+    sent.clear()
+    io.commit([("t/s2.stage.json", b"s2 COMPLETE"), ("t/cancel.json", None)], fence=fence)
+    assert sent == [("get_object", LOCK), ("put_object", "t/s2.stage.json"), ("delete_object", "t/cancel.json")]
+    sent.clear()
+    assert keeper.renew()
+    assert sent == [("get_object", LOCK), ("put_object", LOCK)], "a renewal is a read and a conditional PUT"
+
+    assert open_io().lease_swap(LOCK, io.lease_read(LOCK) or "", lease_json("new"))
+    before = {key: raw(client, s3, key.removeprefix("state/")) for key in keys(client, s3)}
+    sent.clear()
+    with pytest.raises(LeaseLostException, match="no longer held"):
+        io.commit([(OBJ, b"stale"), ("t/s3.stage.json", b"stale")], fence=fence)
+    assert sent == [("get_object", LOCK)], "a checkpoint refused by its lease check sent more than that check"
+    assert {key: raw(client, s3, key.removeprefix("state/")) for key in keys(client, s3)} == before
+
+
+def test_a_checkpoint_refused_midway_leaves_a_prefix_and_says_so(
+    open_io: Callable[..., TaskIOObjectStorage], client: Any, s3: str
+) -> None:
+    """S3 has no multi-object transaction: a write refused by its ETag condition stops the checkpoint there."""
+    old, new = open_io(), open_io()
+    assert old.lease_create(LOCK, lease_json("old"))
+    old.commit([(OBJ, b"s1 RUNNING"), ("t/s2.stage.json", b"s2 CREATED")], fence=Fence(LOCK, "old"))
+    new.write("t/s2.stage.json", b"written by another holder")  # unfenced, as a forced reset would
+    with pytest.raises(LeaseLostException, match="changed since this engine last read or wrote it"):
+        old.commit(
+            [(OBJ, b"s1 COMPLETE"), ("t/s2.stage.json", b"s2 RUNNING"), ("t/s3.stage.json", b"x")],
+            fence=Fence(LOCK, "old"),
+        )
+    assert raw(client, s3, OBJ) == b"s1 COMPLETE"
+    assert raw(client, s3, "t/s2.stage.json") == b"written by another holder"
+    assert "state/t/s3.stage.json" not in keys(client, s3), "the checkpoint went on past a refused write"
+
+
+def test_an_object_created_after_the_listing_is_not_overwritten(
+    open_io: Callable[..., TaskIOObjectStorage], client: Any, s3: str
+) -> None:
+    """A listing tells which objects were absent (no GET before creating them); one created since is kept."""
+    old, other = open_io(), open_io()
+    assert old.lease_create(LOCK, lease_json("old"))
+    assert list(old.read_prefix("t/")) == [LOCK]
+    other.write("t/cancel.json", b"cancel, please")
+    with pytest.raises(LeaseLostException, match="changed since this engine last read or wrote it"):
+        old.commit([("t/cancel.json", b"mine")], fence=Fence(LOCK, "old"))
+    assert raw(client, s3, "t/cancel.json") == b"cancel, please"

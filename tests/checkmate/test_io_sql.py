@@ -3,7 +3,8 @@
 Every test runs twice through the ``db_url`` fixture (a SQLite file, then PostgreSQL); on PostgreSQL each
 test gets a database of its own, so listings see only that test's objects. Covers whole-object writes
 (bytes kept exact), listing by prefix, name validation before any storage call, the lease primitives,
-fenced writes refused after a takeover, the schema version guard, the hidden password, and an engine task run to COMPLETE and resumed after a RETRY.
+fenced writes refused after a takeover, the schema version guard, the hidden password, and an engine
+task run to COMPLETE and resumed after a RETRY.
 Checkpoints, whole-task reads and a takeover racing a fenced write: test_sql_checkpoint.py.
 """
 

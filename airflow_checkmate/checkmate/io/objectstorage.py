@@ -4,17 +4,24 @@ Every object is written whole with one PUT (atomic on S3; never temp-and-rename)
 and removal use the store's prefix listing; nothing assumes folders. Locking needs conditional writes,
 which S3 has (see :mod:`.conditions`); other stores work unlocked (``no_lock=True``) and refuse a lock.
 
-Fencing on S3, exactly: every fenced write or removal (1) reads the lease and refuses if it no longer
-carries the holder's token, then (2) is conditional on the ETag this holder last saw for that object
-(``If-None-Match: *`` for one it saw absent). A holder whose lease was taken over is therefore refused
-at its next write, except for one write already past step (1) when the takeover happened; that write
-lands only if the new holder has not written that object since, and the new holder's own next write
-of it then fails its condition (LeaseLostException) instead of silently overwriting it. No write is
-ever lost without an error: two holders never both succeed in writing over the same version.
+Fencing on S3, exactly: every fenced checkpoint (a ``commit``; a single write or removal is one too)
+(1) reads the lease and refuses if it no longer carries the holder's token, then (2) writes each object
+conditionally on the ETag this holder last saw for it (``If-None-Match: *`` for one it saw absent). A
+holder whose lease was taken over is therefore refused at its next checkpoint, except for one already
+past step (1) when the takeover happened; each of its writes lands only if the new holder has not
+written that object since, and the new holder's own next write of it then fails its condition
+(LeaseLostException) instead of silently overwriting it. No write is ever lost without an error: two
+holders never both succeed in writing over the same version. S3 has no multi-object transaction: the
+objects of a checkpoint are written one by one in the caller's order, so a crash leaves a prefix.
+
+Requests: a checkpoint is 1 GET (the lease) + 1 conditional PUT or DELETE per object; an object this
+process has not read, written or seen in a listing of its prefix costs 1 GET more (after a bind, none
+does). A lease renewal is 2 (GET, PUT ``If-Match`` that version); taking a free lease 1 PUT, releasing
+it 1 DELETE; reading a task (``read_prefix``, at bind) 1 LIST + 1 GET per object.
 """
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from airflow_checkmate.checkmate.exceptions import (
@@ -25,6 +32,8 @@ from airflow_checkmate.checkmate.exceptions import (
 from airflow_checkmate.checkmate.io.base import DEFAULT_LEASE_SECONDS, Fence, TaskIO
 from airflow_checkmate.checkmate.io.checkpoint import Checkpoint
 from airflow_checkmate.checkmate.io.conditions import SINGLE_PUT, STORE_ERRORS, ConditionFailed, conditional_writes
+from airflow_checkmate.checkmate.io.lease_object import LeaseObject
+from airflow_checkmate.checkmate.io.object_store import open_object_store
 from airflow_checkmate.checkmate.names import validate_obj_name
 
 _UNKNOWN = object()
@@ -45,28 +54,14 @@ class TaskIOObjectStorage(TaskIO):
         self, base_url: str, *, conn_id: str | None = None, lease_seconds: float = DEFAULT_LEASE_SECONDS, **_: Any
     ) -> None:
         super().__init__(base_url.rstrip("/"), lease_seconds=lease_seconds)
-        try:
-            from airflow.sdk import ObjectStoragePath
-
-            if conn_id:  # an unknown id would silently mean "no credentials" (and real AWS)
-                from airflow.sdk import BaseHook
-                from airflow.sdk.exceptions import AirflowNotFoundException
-
-                try:
-                    BaseHook.get_connection(conn_id)
-                except AirflowNotFoundException:
-                    raise TaskIOException(
-                        f"the connection {conn_id!r} for {self.base_url} is not defined; create it (e.g. type aws)"
-                    ) from None
-            self.root = ObjectStoragePath(self.base_url, conn_id=conn_id)
-            self.fs = self.root.fs
-        except (ImportError, ValueError, AttributeError) as exc:
-            raise TaskIOException(
-                f"cannot open object storage {self.base_url}: {exc}. For s3:// install "
-                "airflow-provider-checkmate[s3]; for gs:// or abfs:// the Airflow Google or Microsoft Azure provider"
-            ) from exc
+        self.root = open_object_store(self.base_url, conn_id)
+        self.fs = self.root.fs
         self.conditions = conditional_writes(self.root.protocol, self.fs)
         self._etags: dict[str, str | None] = {}  # last ETag seen per object name; None: seen absent
+        self._listed: set[str] = set()  # prefixes listed whole: an object under one and not in _etags was absent
+        self._lease = LeaseObject(
+            self.conditions, self._path, lambda lock: partial(self._errors, f"the lease {self.build_url(lock)}")
+        )
 
     def _path(self, obj_name: str) -> str:
         validate_obj_name(obj_name)
@@ -118,7 +113,7 @@ class TaskIOObjectStorage(TaskIO):
             validate_obj_name(folder)
         self.fs.invalidate_cache()
         try:
-            found = self.fs.find(start, detail=True) if self.fs.exists(start) else {}
+            found = self.fs.find(start, detail=True)
         except FileNotFoundError:
             found = {}
         except STORE_ERRORS as exc:
@@ -131,6 +126,7 @@ class TaskIOObjectStorage(TaskIO):
                 names.append(name)
                 if info.get("ETag"):
                     self._etags.setdefault(name, info["ETag"])
+        self._listed.add(prefix)
         return sorted(names)
 
     def write(self, obj_name: str, data: str | bytes, *, fence: Fence | None = None) -> None:
@@ -186,6 +182,8 @@ class TaskIOObjectStorage(TaskIO):
     def _seen(self, obj_name: str, path: str) -> str | None:
         """The ETag this process last saw for the object (looked up now if it never saw it)."""
         seen = self._etags.get(obj_name, _UNKNOWN)
+        if seen is _UNKNOWN and any(obj_name.startswith(p) for p in self._listed):
+            return None  # a listing of its prefix (the task's, at bind) did not show it: absent then
         if seen is _UNKNOWN:
             found = self.conditions.read(path)
             seen = found[1] if found else None
@@ -235,39 +233,13 @@ class TaskIOObjectStorage(TaskIO):
             self.fs.invalidate_cache(path)
 
     def lease_read(self, lock_name: str) -> str | None:
-        with self._lease_errors(lock_name):
-            found = self.conditions.read(self._path(lock_name))
-        return None if found is None else found[0].decode("utf-8", "replace")
+        return self._lease.read(lock_name)
 
     def lease_create(self, lock_name: str, data: str) -> bool:
-        with self._lease_errors(lock_name):
-            try:
-                self.conditions.create(self._path(lock_name), data.encode("utf-8"))
-            except ConditionFailed:
-                return False
-        return True
+        return self._lease.create(lock_name, data)
 
     def lease_swap(self, lock_name: str, expected: str, new: str | None) -> bool:
-        path = self._path(lock_name)
-        with self._lease_errors(lock_name):
-            found = self.conditions.read(path)
-            if found is None or found[0] != expected.encode("utf-8"):
-                return False
-            try:
-                if new is None:
-                    self.conditions.delete(path, found[1])
-                else:
-                    self.conditions.replace(path, new.encode("utf-8"), found[1])
-            except ConditionFailed:
-                return False
-        return True
-
-    @contextlib.contextmanager
-    def _lease_errors(self, lock_name: str) -> Iterator[None]:
-        try:
-            yield
-        except STORE_ERRORS as exc:
-            raise self._errors(f"the lease {self.build_url(lock_name)}", exc) from exc
+        return self._lease.swap(lock_name, expected, new)
 
     def check_fence(self, fence: Fence) -> None:
         validate_obj_name(fence.lock_name)
