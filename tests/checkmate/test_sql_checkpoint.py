@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,7 +25,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from airflow_checkmate.checkmate import Fence, LeaseLostException, TaskEngineException, TaskIO, TaskIOSQL, sqldb
-from tests.conftest import ROOT, child_env
+from support.processes import ROOT, child_env
+from support.waiting import wait_for
 
 
 def lease(token: str) -> str:
@@ -195,13 +195,6 @@ def waiting_on_a_lock(admin: Any, database: str, start: str) -> bool:
         return any(query.lstrip().startswith(start) for (query,) in rows)
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("op", ["commit", "write", "remove"])
 def test_takeover_waits_for_a_fenced_checkpoint_in_flight_on_postgresql(postgres_url: str, task: str, op: str) -> None:
     """The checkpoint holds the lease row's share lock until it commits; the takeover's UPDATE queues behind it.
@@ -234,9 +227,9 @@ def test_takeover_waits_for_a_fenced_checkpoint_in_flight_on_postgresql(postgres
     swap = threading.Thread(target=run, args=("swap", lambda: other.lease_swap(lock, lease("old"), lease("new"))))
     try:
         change.start()
-        wait_until(lambda: waiting_on_a_lock(admin, database, "WITH lease"), "the checkpoint to wait on the blocker")
+        wait_for(lambda: waiting_on_a_lock(admin, database, "WITH lease"), 20, "the checkpoint to wait on the blocker")
         swap.start()
-        wait_until(lambda: waiting_on_a_lock(admin, database, "UPDATE"), "the takeover to wait on the checkpoint")
+        wait_for(lambda: waiting_on_a_lock(admin, database, "UPDATE"), 20, "the takeover to wait on the checkpoint")
         assert "swap" not in outcome
     finally:
         blocker.rollback()
