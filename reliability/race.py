@@ -14,7 +14,8 @@ waits for the lease to expire. Violation: a takeover that took half the lease or
 
 Full size (``make reliability``): 8 workers x 500 rounds on file storage and on PostgreSQL (a fresh
 database), 10 takeovers each; about a minute and two on this 2-core machine (``--pg-rounds`` makes the
-PostgreSQL race smaller where its round trips are slower). ``tests/checkmate/test_lock.py`` runs 3 workers
+PostgreSQL race smaller where its round trips are slower). ``--backends sqlite s3`` races a SQLite file
+and a moto S3 server of the campaign's own. ``tests/checkmate/test_lock.py`` runs 3 workers
 on file, SQLite, PostgreSQL and S3.
 """
 
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,13 +168,29 @@ def measure_takeover(base: str, trials: int, tmp: Path, conn_id: str | None = No
     return seconds
 
 
+S3_CONN_ID = "checkmate_reliability_s3"
+
+
+@contextlib.contextmanager
+def s3_bucket() -> Iterator[str]:
+    """``s3://<bucket>/state`` on a moto server of the campaign's own (its connection in the environment)."""
+    from support.s3_server import running_s3_server, s3_client
+
+    with running_s3_server(S3_CONN_ID) as endpoint:
+        bucket = f"checkmate-race-{uuid.uuid4().hex[:8]}"
+        s3_client(endpoint).create_bucket(Bucket=bucket)
+        yield f"s3://{bucket}/state"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reliability.race", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=500, help="rounds per worker")
     parser.add_argument("--pg-rounds", type=int, default=None, help="rounds per worker on PostgreSQL (--rounds)")
     parser.add_argument("--takeovers", type=int, default=10, help="SIGKILLed holders per backend")
-    parser.add_argument("--backends", nargs="+", default=["file", "postgresql"], choices=["file", "postgresql"])
+    parser.add_argument(
+        "--backends", nargs="+", default=["file", "postgresql"], choices=["file", "sqlite", "postgresql", "s3"]
+    )
     parser.add_argument("--postgres-url", default=None, help="server (a fresh database is made on it)")
     args = parser.parse_args(argv)
 
@@ -183,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     for name in args.backends:
         with tempfile.TemporaryDirectory(prefix=f"checkmate-race-{name}-") as tmp, contextlib.ExitStack() as stack:
-            rounds = args.rounds
+            rounds, conn_id = args.rounds, None
             if name == "file":
                 base = str(Path(tmp) / "store")
+            elif name == "sqlite":
+                base = f"sqlite:///{Path(tmp) / 'checkmate.db'}"
+            elif name == "s3":
+                base, conn_id = stack.enter_context(s3_bucket()), S3_CONN_ID
             else:
                 server = pg.server_url(args.postgres_url)
                 if server is None:
@@ -193,9 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 base = stack.enter_context(pg.fresh_database(server, "checkmate_race"))
                 rounds = args.pg_rounds or args.rounds
-            result = run_race(base, args.workers, rounds, Path(tmp))
+            result = run_race(base, args.workers, rounds, Path(tmp), conn_id)
             try:
-                takeovers = measure_takeover(base, args.takeovers, Path(tmp))
+                takeovers = measure_takeover(base, args.takeovers, Path(tmp), conn_id)
             except (RuntimeError, TimeoutError) as exc:  # a live holder taken over, or a dead one never
                 takeovers = []
                 result.violations.append(f"takeover: {exc}")
