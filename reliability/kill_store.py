@@ -92,6 +92,30 @@ def postgres_store(url: str) -> Iterator[Store]:
         engine.dispose()
 
 
+@contextmanager
+def sqlite_store(database: Path) -> Iterator[Store]:
+    """A SQLite file; ``checkmate_objects`` rows selected by task key with a connection of its own."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    url = f"sqlite:///{database}"
+    engine = create_engine(url)
+    query = text("SELECT name, data FROM checkmate_objects WHERE task_key = :key")
+
+    def objects(task_id: str) -> dict[str, bytes]:
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(query, {"key": task_id}).all()
+        except OperationalError:  # no task has run yet: the table does not exist
+            return {}
+        return {name.partition("/")[2]: bytes(data) for name, data in rows}
+
+    try:
+        yield Store("sqlite", [url], objects)
+    finally:
+        engine.dispose()
+
+
 def s3_store(url: str, endpoint: str, conn_id: str) -> Store:
     """A bucket on an S3 server, read with a boto3 client of its own (S3 has no temporary objects).
 

@@ -10,7 +10,8 @@ attempt and B's COMPLETE; A's stage code never ran on to s3; no lease is left.
 
 Violations: a write not refused, an object changed or removed by A (*overwritten*), a stored object that
 does not parse (*corrupt*), B not completing, A running on. Full size: 20 rounds on file storage and 20 on
-PostgreSQL (a fresh database). ``tests/checkmate/test_lock.py`` runs a round on each.
+PostgreSQL (a fresh database); ``--backends sqlite s3`` adds a SQLite file and a moto S3 server.
+``tests/checkmate/test_lock.py`` runs a round on each.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from reliability import kill_child
-from reliability.kill_store import file_store, postgres_store
+from reliability.kill_store import Store, file_store, postgres_store, sqlite_store
 from reliability.report import Report
 from reliability.zombie_round import Outcome, run_round
 from support import pg
@@ -91,23 +92,51 @@ def postgres_lock_probe(url: str) -> Iterator[Callable[[], bool]]:
         engine.dispose()
 
 
-def run_backend(rounds: int, tmp: Path, database_url: str | None = None) -> list[Outcome]:
-    """``rounds`` rounds on file storage in ``tmp``, or in the PostgreSQL database ``database_url``."""
-    ctx = kill_child.forkserver()
-    with contextlib.ExitStack() as stack:
-        if database_url is None:
-            (tmp / "store").mkdir()
-            store = file_store(tmp / "store")
+Probe = Callable[[str], Callable[[], bool]]  # task id -> "is a storage lock held now?"
 
-            def probe(task_id: str) -> Callable[[], bool]:
-                return file_lock_probe(tmp / "store", task_id)
-        else:
-            store = stack.enter_context(postgres_store(database_url))
-            in_transaction = stack.enter_context(postgres_lock_probe(database_url))
 
-            def probe(task_id: str) -> Callable[[], bool]:
-                return in_transaction
+def sqlite_lock_probe(database: Path) -> Callable[[], bool]:
+    """True while some process holds the SQLite database's write lock (a checkpoint in flight)."""
+    import sqlite3
 
+    def held() -> bool:
+        conn = sqlite3.connect(database, timeout=0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            conn.close()  # rolls back the empty transaction
+        return False
+
+    return held
+
+
+@contextlib.contextmanager
+def store_and_probe(name: str, tmp: Path, database_url: str | None) -> Iterator[tuple[Store, Probe]]:
+    """The backend's store, and for a task id the probe telling whether a storage lock is held now."""
+    if name == "file":
+        (tmp / "store").mkdir()
+        yield file_store(tmp / "store"), lambda task_id: file_lock_probe(tmp / "store", task_id)
+    elif name == "sqlite":
+        with sqlite_store(tmp / "checkmate.db") as store:
+            yield store, lambda _task_id: sqlite_lock_probe(tmp / "checkmate.db")
+    elif name == "s3":
+        from reliability.kill_s3 import s3_campaign_store
+
+        with s3_campaign_store() as store:
+            yield store, lambda _task_id: lambda: False  # S3 holds no lock between requests
+    else:
+        assert database_url is not None
+        with postgres_store(database_url) as store, postgres_lock_probe(database_url) as in_transaction:
+            yield store, lambda _task_id: in_transaction
+
+
+def run_backend(rounds: int, tmp: Path, database_url: str | None = None, name: str = "") -> list[Outcome]:
+    """``rounds`` rounds on the backend ``name`` (file, sqlite, s3; postgresql in ``database_url``)."""
+    name = name or ("postgresql" if database_url else "file")
+    ctx = kill_child.forkserver(s3=name == "s3")
+    with store_and_probe(name, tmp, database_url) as (store, probe):
         outcomes = []
         for i in range(rounds):
             held = probe(f"zombie-{i}")
@@ -122,7 +151,9 @@ def run_backend(rounds: int, tmp: Path, database_url: str | None = None) -> list
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reliability.zombie", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20, help="rounds per backend")
-    parser.add_argument("--backends", nargs="+", default=["file", "postgresql"], choices=["file", "postgresql"])
+    parser.add_argument(
+        "--backends", nargs="+", default=["file", "postgresql"], choices=["file", "sqlite", "postgresql", "s3"]
+    )
     parser.add_argument("--postgres-url", default=None, help="server (a fresh database is made on it)")
     args = parser.parse_args(argv)
     report = Report(
@@ -140,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     report.violation(f"skipped postgresql: no server (--postgres-url or {' / '.join(pg.ENV_VARS)})")
                     continue
                 url = stack.enter_context(pg.fresh_database(server, "checkmate_zombie"))
-            outcomes = run_backend(args.rounds, Path(tmp), url)
+            outcomes = run_backend(args.rounds, Path(tmp), url, name)
         report.row(
             name, len(outcomes), sum(o.refused for o in outcomes), sum(o.ran_on for o in outcomes),
             sum(o.overwritten for o in outcomes), sum(o.corrupt for o in outcomes),

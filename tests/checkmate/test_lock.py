@@ -195,11 +195,11 @@ def test_bind_lock_timeout_against_a_live_holder(base: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("store", ["file", "postgresql"])
+@pytest.mark.parametrize("store", ["file", "sqlite", "postgresql", "s3"])
 def test_paused_holder_past_its_lease_is_fenced(request: pytest.FixtureRequest, tmp_path: Path, store: str) -> None:
     """A round of ``reliability.zombie``: A paused past its lease, B takes over, A resumed is refused."""
     url = str(request.getfixturevalue("postgres_url")) if store == "postgresql" else None
-    (outcome,) = zombie.run_backend(1, tmp_path, url)
+    (outcome,) = zombie.run_backend(1, tmp_path, url, store)
     assert outcome.violations == []
     assert (outcome.refused, outcome.overwritten, outcome.ran_on, outcome.completed) == (1, 0, 0, 1)
 
