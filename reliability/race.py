@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,20 +167,6 @@ def measure_takeover(base: str, trials: int, tmp: Path, conn_id: str | None = No
     return seconds
 
 
-S3_CONN_ID = "checkmate_reliability_s3"
-
-
-@contextlib.contextmanager
-def s3_bucket() -> Iterator[str]:
-    """``s3://<bucket>/state`` on a moto server of the campaign's own (its connection in the environment)."""
-    from support.s3_server import running_s3_server, s3_client
-
-    with running_s3_server(S3_CONN_ID) as endpoint:
-        bucket = f"checkmate-race-{uuid.uuid4().hex[:8]}"
-        s3_client(endpoint).create_bucket(Bucket=bucket)
-        yield f"s3://{bucket}/state"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reliability.race", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=8)
@@ -207,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "sqlite":
                 base = f"sqlite:///{Path(tmp) / 'checkmate.db'}"
             elif name == "s3":
-                base, conn_id = stack.enter_context(s3_bucket()), S3_CONN_ID
+                from reliability.kill_s3 import CONN_ID, s3_campaign_store
+
+                base, conn_id = stack.enter_context(s3_campaign_store()).args[0], CONN_ID
             else:
                 server = pg.server_url(args.postgres_url)
                 if server is None:
