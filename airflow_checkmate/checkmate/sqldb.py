@@ -3,7 +3,9 @@
 One SQLAlchemy engine per process and URL. SQLite runs in WAL mode with ``synchronous=FULL`` (a commit
 survives power loss) and takes its write lock at ``BEGIN IMMEDIATE``, so a read-check-write transaction
 never interleaves with another writer; reads run as single autocommit statements. PostgreSQL uses
-READ COMMITTED transactions and row locks. Every schema is versioned in ``checkmate_schema``.
+READ COMMITTED transactions and row locks (the task storage runs single statements in autocommit), and a
+pooled connection is pinged only after it sat idle, not at every checkout. Every schema is versioned in
+``checkmate_schema``.
 """
 
 import contextlib
