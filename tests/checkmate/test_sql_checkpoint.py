@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from airflow_checkmate.checkmate import Fence, LeaseLostException, TaskEngineException, TaskIO, TaskIOSQL, sqldb
+from support.pg import fresh_database
 from support.processes import ROOT, child_env
 from support.waiting import wait_for
 
@@ -285,7 +286,18 @@ def test_takeover_waits_for_a_fenced_checkpoint_in_flight_on_sqlite(tmp_path: An
 # --------------------------------------------------------------------------- a dropped connection
 
 
-def test_a_connection_the_server_dropped_is_replaced_without_failing_the_write(postgres_url: str, task: str) -> None:
+@pytest.fixture
+def own_database(postgres_url: str) -> Iterator[str]:
+    """A database of this test's own on the session's server: dropping its connections touches no other test."""
+    server = make_url(postgres_url).set(database="postgres").render_as_string(hide_password=False)
+    with fresh_database(server, "checkmate_drop") as url:
+        yield url
+        for durable in (True, False):
+            sqldb.get_engine(url, durable).dispose()
+
+
+def test_a_connection_the_server_dropped_is_replaced_without_failing_the_write(own_database: str, task: str) -> None:
+    postgres_url = own_database
     io = TaskIOSQL(postgres_url)
     lock = f"{task}/task.lock"
     assert io.lease_create(lock, lease("me"))
