@@ -15,7 +15,8 @@ waits for the lease to expire. Violation: a takeover that took half the lease or
 Full size (``make reliability``): 8 workers x 500 rounds on file storage and on PostgreSQL (a fresh
 database), 10 takeovers each; about a minute and two on this 2-core machine (``--pg-rounds`` makes the
 PostgreSQL race smaller where its round trips are slower). ``--backends sqlite s3`` races a SQLite file
-and a moto S3 server of the campaign's own. ``tests/checkmate/test_lock.py`` runs 3 workers
+and a moto S3 server of the campaign's own (``--s3-rounds``, 50 by default: moto answers one request at
+a time, so 500 rounds of 8 workers would take an hour). ``tests/checkmate/test_lock.py`` runs 3 workers
 on file, SQLite, PostgreSQL and S3.
 """
 
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=500, help="rounds per worker")
     parser.add_argument("--pg-rounds", type=int, default=None, help="rounds per worker on PostgreSQL (--rounds)")
+    parser.add_argument("--s3-rounds", type=int, default=50, help="rounds per worker on S3 (moto answers slowly)")
     parser.add_argument("--takeovers", type=int, default=10, help="SIGKILLed holders per backend")
     parser.add_argument(
         "--backends", nargs="+", default=["file", "postgresql"], choices=["file", "sqlite", "postgresql", "s3"]
@@ -195,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 from reliability.kill_s3 import CONN_ID, s3_campaign_store
 
                 base, conn_id = stack.enter_context(s3_campaign_store()).args[0], CONN_ID
+                rounds = args.s3_rounds
             else:
                 server = pg.server_url(args.postgres_url)
                 if server is None:
