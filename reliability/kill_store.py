@@ -68,11 +68,13 @@ def postgres_store(url: str) -> Iterator[Store]:
 
     engine = create_engine(sqldb.parse_url(url), isolation_level="AUTOCOMMIT")
     query = text("SELECT name, data FROM checkmate_objects WHERE task_key = :key")
-    # A killed client's server session may still be committing what it sent (or holding its locks) for a
-    # moment: read once no other session of the database is busy, or we could miss a committed write.
+    # A killed client's last statement may still sit unread in its server session's socket: the session
+    # runs it (in autocommit, it commits) before it finds the client gone and exits. Read once no other
+    # session of the database remains (the campaign reads only after its child died), or a write that
+    # lands a moment later would be missed.
     busy = text(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND state <> 'idle'"
+        "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
     )
 
     def objects(task_id: str) -> dict[str, bytes]:
