@@ -1,8 +1,9 @@
 """Direct views of a kill campaign's storage, read around the engine so that its own bugs cannot hide.
 
 A :class:`Store` is what the campaign needs of a backend: the runner's storage arguments, the stored
-objects of a task as raw bytes (files read from the folder, rows selected from ``checkmate_objects``,
-keys fetched with a boto3 client of its own), and the temporary files a writer killed mid-write left.
+objects of a task as raw bytes (a folder's journal replayed whole without a cache and its plain files,
+rows selected from ``checkmate_objects``, keys fetched with a boto3 client of its own), and the temporary
+files a writer killed mid-write left.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from airflow_checkmate.checkmate import PersistenceDataNotFoundException
+from airflow_checkmate.checkmate.io.journal import JOURNAL_NAME, TMP_SUFFIX
+from airflow_checkmate.checkmate.io.journal_format import replay_file
 
 Objects = Callable[[str], dict[str, bytes]]
 
@@ -40,7 +45,10 @@ def file_store(base: Path) -> Store:
             names = sorted(os.listdir(task_dir))
         except FileNotFoundError:
             return {}
-        found = {}
+        try:
+            found = replay_file(task_dir / JOURNAL_NAME) if JOURNAL_NAME in names else {}
+        except PersistenceDataNotFoundException as exc:  # counted as a corrupt object by kill_check.inspect
+            return {f"{JOURNAL_NAME} (damaged)": str(exc).encode()}
         for name in names:
             if not name.startswith("."):
                 try:
@@ -51,7 +59,7 @@ def file_store(base: Path) -> Store:
 
     def temp_files(task_id: str) -> int:
         try:
-            return sum(1 for n in os.listdir(base / task_id) if n.startswith("."))
+            return sum(1 for n in os.listdir(base / task_id) if n.endswith(TMP_SUFFIX))
         except FileNotFoundError:
             return 0
 

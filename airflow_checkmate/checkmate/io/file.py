@@ -1,35 +1,35 @@
-"""TaskIOFile: a task's objects as files on a local (POSIX) filesystem.
+"""TaskIOFile: a task's objects on a local (POSIX) filesystem, one append-only journal per task folder.
 
-Writes are atomic and, when ``durable`` (the default), survive power loss: temp file, fsync, rename,
-fsync of the folder. Files are created 0600, folders 0700. The lease and fenced writes are serialised
-by ``flock`` on the task's folder, which the kernel releases when a holder dies: a fenced write checks
-the lease token and renames under a shared flock, a lease change takes it exclusively.
+The objects of ``<base>/<task_id>/`` live in that folder's journal (see ``journal``): a checkpoint is
+one appended record, atomic for readers and crashes, made durable (when ``durable``, the default) by
+one ``fdatasync``. The bind lease (``task.lock``) stays a plain file, replaced atomically (``file_plain``),
+and so do objects with no folder. Files are created 0600, folders 0700. Fenced writes and lease changes
+are serialised by ``flock`` on the task's folder, which the kernel releases when a holder dies: a
+fenced write checks the lease token and appends under a shared flock, a lease change takes it
+exclusively, so a write after a takeover is refused (LeaseLostException) and changes nothing.
 """
 
 import contextlib
 import errno
-import fcntl
 import os
 import stat
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow_checkmate.checkmate.exceptions import (
-    BindException,
-    PersistenceDataNotFoundException,
-    TaskIOException,
-)
+from airflow_checkmate.checkmate.exceptions import PersistenceDataNotFoundException, TaskIOException
 from airflow_checkmate.checkmate.io.base import Fence, TaskIO
+from airflow_checkmate.checkmate.io.file_lock import folder_guard, make_folder
+from airflow_checkmate.checkmate.io.file_plain import atomic_write
+from airflow_checkmate.checkmate.io.journal import JOURNAL_NAME, TMP_SUFFIX, Journals
+from airflow_checkmate.checkmate.io.journal_format import Entry
 from airflow_checkmate.checkmate.names import validate_obj_name
 
-_TMP_SUFFIX = ".tmp"
-_GUARD_WAIT_SECONDS = 60.0
 #: Validated object paths kept per instance: a checkpoint touches the same few names many times.
 _PATH_CACHE_SIZE = 4096
 #: The errors ``Path.is_file`` reads as "not a file" (pathlib's _IGNORED_ERRNOS); others raise.
 _NOT_THERE_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+_RETRIES = 5
 
 
 class TaskIOFile(TaskIO):
@@ -37,7 +37,7 @@ class TaskIOFile(TaskIO):
 
     :param base_url: ``file:///abs/path`` or a plain path; created (0700) if missing.
     :param lease_seconds: how long a bind lease lives without a heartbeat.
-    :param durable: fsync every write (the default); ``False`` trades crash safety for speed.
+    :param durable: fsync every checkpoint (the default); ``False`` trades crash safety for speed.
     """
 
     scheme = "file"
@@ -52,9 +52,11 @@ class TaskIOFile(TaskIO):
         self.base = Path(path).expanduser().resolve()
         super().__init__(f"file://{self.base}", lease_seconds=lease_seconds)
         self.durable = durable
+        self._base_str = str(self.base)
         self._paths: dict[str, str] = {}
+        self._journals = Journals(durable=durable)
         try:
-            self._make_folder(self.base)
+            make_folder(self.base, durable=durable)
         except OSError as exc:
             raise TaskIOException(f"cannot create the CheckMate storage folder {self.base}: {exc}") from exc
 
@@ -71,15 +73,28 @@ class TaskIOFile(TaskIO):
             self._paths[obj_name] = path
         return path
 
+    def _journaled(self, obj_name: str) -> tuple[str, str] | None:
+        """``(folder, name in it)`` of an object kept in a journal; None for a top-level object."""
+        folder, name = os.path.split(self._str_path(obj_name))
+        return None if folder == self._base_str else (folder, name)
+
     def reopen_args(self) -> tuple[str, dict[str, Any]]:
         return str(self.base), {"lease_seconds": self.lease_seconds, "durable": self.durable}
 
     def build_url(self, obj_name: str) -> str:
-        """Return the filesystem path of an object."""
+        """Return the filesystem path of an object (inside its folder's journal, for a task's objects)."""
         return str(self._path(obj_name))
 
     def read_bytes(self, obj_name: str) -> bytes:
         path = self._str_path(obj_name)
+        where = self._journaled(obj_name)
+        if where is not None:
+            try:
+                data = self._journals.get(*where)
+            except (PersistenceDataNotFoundException, OSError) as exc:
+                raise PersistenceDataNotFoundException(f"cannot read stored object {path}: {exc}") from exc
+            if data is not None:
+                return data
         try:
             with open(path, "rb") as f:
                 return f.read()
@@ -89,6 +104,9 @@ class TaskIOFile(TaskIO):
             raise PersistenceDataNotFoundException(f"cannot read stored object {path}: {exc}") from exc
 
     def exists(self, obj_name: str) -> bool:
+        where = self._journaled(obj_name)
+        if where is not None and self._journals.get(*where) is not None:
+            return True
         try:
             return stat.S_ISREG(os.stat(self._str_path(obj_name)).st_mode)
         except OSError as exc:
@@ -98,29 +116,85 @@ class TaskIOFile(TaskIO):
 
     def list(self, prefix: str) -> list[str]:
         """Names of stored objects starting with ``prefix`` (temporary files are never listed)."""
+        return sorted(name for name, _ in self._walk(prefix, read=False))
+
+    def read_prefix(self, prefix: str) -> dict[str, bytes]:
+        """A folder's journal objects come from one read of it: one checkpoint, never a mix of two."""
+        return dict(self._walk(prefix, read=True))
+
+    def _walk(self, prefix: str, *, read: bool) -> Iterator[tuple[str, bytes]]:
         folder, _, _ = prefix.rpartition("/")
         root = self._path(folder) if folder else self.base
-        names: list[str] = []
         for dirpath, dirnames, filenames in os.walk(root):
             rel = Path(dirpath).relative_to(self.base).as_posix()
             rel = "" if rel == "." else rel + "/"
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            names.extend(rel + f for f in filenames if not f.startswith(".") and (rel + f).startswith(prefix))
-        return sorted(names)
+            if rel and JOURNAL_NAME in filenames:
+                for name, data in self._journals.snapshot(dirpath).items():
+                    if (rel + name).startswith(prefix):
+                        yield rel + name, data
+            for name in filenames:
+                if not name.startswith(".") and (rel + name).startswith(prefix):
+                    if not read:
+                        yield rel + name, b""
+                        continue
+                    with contextlib.suppress(FileNotFoundError), open(os.path.join(dirpath, name), "rb") as f:
+                        yield rel + name, f.read()
 
     def write(self, obj_name: str, data: str | bytes, *, fence: Fence | None = None) -> None:
-        """Replace an object atomically, checking the fence (if given) atomically with the rename."""
-        path = self._str_path(obj_name)
-        payload = data.encode("utf-8") if isinstance(data, str) else data
-        self._atomic_write(path, payload, fence=fence)
+        """Replace an object atomically, checking the fence (if given) atomically with the write."""
+        self.commit([(obj_name, data.encode("utf-8") if isinstance(data, str) else data)], fence=fence)
+
+    def commit(self, writes: Sequence[tuple[str, bytes | None]], *, fence: Fence | None = None) -> None:
+        """One checkpoint: the objects of one task folder go to its journal as one record (atomic).
+
+        Objects of several folders are applied folder by folder, in order of first appearance.
+        """
+        groups: dict[str, list[Entry]] = {}
+        for obj_name, data in writes:
+            where = self._journaled(obj_name)
+            if where is None:
+                self._plain_commit(obj_name, data, fence)
+            else:
+                groups.setdefault(where[0], []).append((where[1], data))
+        for folder, entries in groups.items():
+            self._append(folder, entries, fence)
+
+    def _append(self, folder: str, entries: Sequence[Entry], fence: Fence | None) -> int:
+        check = None if fence is None else lambda: self.check_fence(fence)
+        for _ in range(_RETRIES):
+            try:
+                return self._journals.append(folder, entries, check)
+            except FileNotFoundError:  # no folder yet, or it was pruned meanwhile: make it again
+                if all(data is None for _, data in entries):
+                    if check is not None:
+                        check()
+                    return 0
+                try:
+                    make_folder(Path(folder), durable=self.durable)
+                except OSError as exc:
+                    raise TaskIOException(f"cannot create folder {folder}: {exc}; nothing was changed") from exc
+            except OSError as exc:
+                raise TaskIOException(f"cannot write to journal in {folder}: {exc}; nothing was changed") from exc
+        raise TaskIOException(f"cannot write to folder {folder}: it keeps disappearing")
+
+    def _plain_commit(self, obj_name: str, data: bytes | None, fence: Fence | None) -> None:
+        if data is None:
+            self.remove(obj_name, fence=fence)
+        else:
+            check = None if fence is None else lambda: self.check_fence(fence)
+            atomic_write(self._str_path(obj_name), data, durable=self.durable, check=check)
 
     def remove(self, obj_name: str, *, fence: Fence | None = None) -> bool:
+        where = self._journaled(obj_name)
+        if where is not None and self._append(where[0], [(where[1], None)], fence):
+            return True
         path = self._path(obj_name)
         try:
             if fence is None:
                 path.unlink()
             else:
-                with self._guard(path.parent, exclusive=False):
+                with folder_guard(path.parent, exclusive=False):
                     self.check_fence(fence)
                     path.unlink()
         except FileNotFoundError:
@@ -140,13 +214,14 @@ class TaskIOFile(TaskIO):
 
     def lease_create(self, lock_name: str, data: str) -> bool:
         path = self._path(lock_name)
-        for _ in range(5):
+        for _ in range(_RETRIES):
             try:
-                with self._guard(path.parent, exclusive=True, create=True):
+                make_folder(path.parent, durable=self.durable)
+                with folder_guard(path.parent, exclusive=True):
                     if path.exists():
                         return False
                     try:
-                        self._atomic_write(str(path), data.encode("utf-8"))
+                        atomic_write(str(path), data.encode("utf-8"), durable=self.durable)
                     except TaskIOException:
                         # A failure past the rename (the folder's fsync) left this lease in place, held by
                         # a live pid: take it back, or this very process would wait out the whole lease.
@@ -163,7 +238,7 @@ class TaskIOFile(TaskIO):
     def lease_swap(self, lock_name: str, expected: str, new: str | None) -> bool:
         path = self._path(lock_name)
         try:
-            with self._guard(path.parent, exclusive=True):
+            with folder_guard(path.parent, exclusive=True):
                 if self.lease_read(lock_name) != expected:
                     return False
                 if new is None:
@@ -171,22 +246,30 @@ class TaskIOFile(TaskIO):
                 else:
                     # Durable like every lease write: a renewal or takeover torn by a power loss would
                     # leave a lease nobody can parse, which only a manual unlock clears.
-                    self._atomic_write(str(path), new.encode("utf-8"))
+                    atomic_write(str(path), new.encode("utf-8"), durable=self.durable)
                 return True
         except FileNotFoundError:
             return False
         except OSError as exc:  # removing the lease failed (an I/O error): it is still held, unchanged
             raise TaskIOException(f"cannot change lease {path}: {exc}; the lease is unchanged") from exc
 
+    def compact(self, prefix: str, *, fence: Fence | None = None) -> None:
+        """Rewrite the task folder's journal as its live objects only (atomic rename); called at unbind."""
+        check = None if fence is None else lambda: self.check_fence(fence)
+        self._journals.compact(self._str_path(prefix.rstrip("/")), check)
+
     def prune(self, prefix: str) -> None:
-        """Remove temporary files left by crashed writers and the task's folder, if no lease exists."""
+        """Remove a task folder with no live object and no lease: its empty journal, temporary files
+        left by crashed writers, and the folder itself."""
         folder = self._path(prefix.rstrip("/"))
         try:
-            with self._guard(folder, exclusive=True):
+            with folder_guard(folder, exclusive=True):
                 if any(not n.startswith(".") for n in os.listdir(folder)):
                     return
+                if not self._journals.remove_if_empty(str(folder)):
+                    return
                 for name in os.listdir(folder):
-                    if name.endswith(_TMP_SUFFIX):
+                    if name.endswith(TMP_SUFFIX):
                         with contextlib.suppress(FileNotFoundError):
                             (folder / name).unlink()
                 folder.rmdir()
@@ -195,121 +278,3 @@ class TaskIOFile(TaskIO):
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise TaskIOException(f"cannot remove folder {folder}: {exc}") from exc
-
-    @contextlib.contextmanager
-    def _guard(self, folder: Path, *, exclusive: bool, create: bool = False) -> Iterator[None]:
-        """Hold flock on ``folder``; waits (polling) so a stopped holder cannot block forever."""
-        if create:
-            self._make_folder(folder)
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            self._flock(fd, folder, exclusive)
-            yield
-        finally:
-            os.close(fd)
-
-    def _make_folder(self, folder: Path) -> None:
-        """Create ``folder`` and its missing parents. When durable, fsync the parent of each one made: the
-        checkpoints fsynced inside a new task folder are lost with it if its own entry never reached disk."""
-        missing = []
-        current = folder
-        while not current.is_dir() and current.parent != current:
-            missing.append(current)
-            current = current.parent
-        if not missing:
-            return
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if self.durable:
-            for made in reversed(missing):
-                self._fsync_folder(made.parent)
-
-    @staticmethod
-    def _flock(fd: int, folder: Path | str, exclusive: bool) -> None:
-        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
-        deadline = time.monotonic() + _GUARD_WAIT_SECONDS
-        delay = 0.0005
-        while True:
-            try:
-                fcntl.flock(fd, mode)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise BindException(
-                        f"storage folder {folder} stayed locked for {_GUARD_WAIT_SECONDS:.0f} s by "
-                        "another process (stopped or hung?); try again later"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.02)
-
-    def _atomic_write(
-        self, path: str, payload: bytes, *, fence: Fence | None = None, durable: bool | None = None
-    ) -> None:
-        durable = self.durable if durable is None else durable
-        folder, name = os.path.split(path)
-        tmp = os.path.join(folder, f".{name}.{os.urandom(6).hex()}{_TMP_SUFFIX}")
-        try:
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            except FileNotFoundError:
-                self._make_folder(Path(folder))
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                self._write_all(fd, payload)
-                if durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            if fence is None:
-                os.replace(tmp, path)
-                if durable:
-                    self._sync_renamed(path, folder)
-            else:
-                # One descriptor of the folder serves the fence's flock and then the folder's fsync (an
-                # open less per checkpoint); the lock is dropped before the fsync, as the guard did.
-                dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    self._flock(dir_fd, folder, exclusive=False)
-                    try:
-                        self.check_fence(fence)
-                        os.replace(tmp, path)
-                    finally:
-                        fcntl.flock(dir_fd, fcntl.LOCK_UN)
-                    if durable:
-                        self._sync_renamed(path, dir_fd)
-                finally:
-                    os.close(dir_fd)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise TaskIOException(
-                    f"cannot write stored object {path}: {exc}; its previous version is unchanged"
-                ) from exc
-            raise
-
-    def _write_all(self, fd: int, payload: bytes) -> None:
-        view = memoryview(payload)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-
-    def _sync_renamed(self, path: str, folder: str | int) -> None:
-        """fsync the folder (a path, or an open descriptor of it) after ``path`` was renamed into it."""
-        try:
-            if isinstance(folder, int):
-                os.fsync(folder)
-            else:
-                self._fsync_folder(folder)
-        except OSError as exc:  # past the rename: the new version is what readers see now
-            raise TaskIOException(
-                f"stored object {path} was replaced, but syncing its folder failed: {exc}; the new "
-                "version is in place but may not survive a power loss"
-            ) from exc
-
-    @staticmethod
-    def _fsync_folder(folder: Path | str) -> None:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
