@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-CAMPAIGNS = ("kill", "race", "zombie", "faults", "hostile")
+CAMPAIGNS = ("kill", "kill_journal", "race", "zombie", "faults", "hostile")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,6 +157,10 @@ class Journals:
                 seen = self._current(path)
                 if seen is None or (seen.records <= 1 and seen.size == seen.end):
                     return
+                for name in os.listdir(folder):  # what compactions and creations killed mid-way left
+                    if name.startswith(JOURNAL_NAME + ".") and name.endswith(TMP_SUFFIX):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(folder, name))
                 if not seen.objects:
                     os.unlink(path)
                     self._cache.pop(path, None)
