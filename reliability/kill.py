@@ -43,6 +43,8 @@ from support import pg
 from support.stages import read_journal
 
 KILLS_PER_TASK = 16
+#: Where kills landed in the file journal's work (sampled at the kill; left behind): see reliability.kill_landing.
+JOURNAL_WORK = ("in append", "in fdatasync", "in compaction", "left torn tail", "left compaction temp")
 LEASE_SECONDS = 30.0  # run_task's default lease
 
 
@@ -92,6 +94,8 @@ def rows(report: Report, results: list[tuple[str, Stats, Timing, float]]) -> Non
     row("kills", [s.kills for _, s, _, _ in results])
     for name in PHASES:
         row(f"  landed: {name}", [s.phases.get(name, 0) for _, s, _, _ in results])
+    for name in JOURNAL_WORK:
+        row(f"  journal: {name}", [s.journal.get(name, 0) for _, s, _, _ in results])
     row("resumes", [s.runs - s.tasks for _, s, _, _ in results])
     row("interrupted stages run again", [s.reruns for _, s, _, _ in results])
     row("cleanups resumed (killed before)", [s.cleanups_resumed for _, s, _, _ in results])

@@ -10,26 +10,17 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from airflow_checkmate.checkmate import StageStatus
 from reliability import kill_child
+from reliability.kill_aim import Timing, kill_at_random
 from reliability.kill_check import Snapshot, inspect, phase
+from reliability.kill_landing import left_behind
 from reliability.kill_store import Store
 from support.stages import expected_result, read_journal
 
 N_STAGES = 7
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Seconds measured on this machine (see ``kill.calibrate``), to spread the kills over a run's work."""
-
-    startup: float  # fork to bound
-    per_stage: float  # engine work (durable writes) of a stage
-    end_plain: float  # execute done to unbound (releasing the lease)
-    end_clean: float  # execute done to unbound with unbind(clean=True)
 
 
 @dataclass
@@ -40,6 +31,7 @@ class Stats:
     runs: int = 0
     kills: int = 0
     phases: Counter[str] = field(default_factory=Counter)
+    journal: Counter[str] = field(default_factory=Counter)  # file journal work a kill landed in / left cut short
     reruns: int = 0  # interrupted stages run again (allowed: stages are at-least-once)
     cleanups_finished: int = 0  # binds that found a cleanup past ``cleaning``, finished it and began anew
     cleanups_resumed: int = 0  # binds after a cleanup killed before it persisted ``cleaning``: task still whole
@@ -74,49 +66,13 @@ def _expected_status(snap: Snapshot) -> str:
     return str((StageStatus.RUNNING if StageStatus.RUNNING in statuses else StageStatus.CREATED).value)
 
 
-def _wait_for_line(path: Path, offset: int, word: str, proc: BaseProcess, timeout: float) -> bool:
-    """Poll the journal past byte ``offset`` until a line starting with ``word`` appears (False if the run
-    ended or ``timeout`` passed first)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.exitcode is None:
-        try:
-            with path.open("rb") as f:
-                f.seek(offset)
-                if any(line.startswith(word.encode()) for line in f.read().splitlines()):
-                    return True
-        except FileNotFoundError:
-            pass
-        time.sleep(0.0002)
-        proc.is_alive()  # reaps it if it ended, so exitcode is set
-    return False
-
-
-def _kill_at_random(
-    proc: BaseProcess, rng: random.Random, t: Timing, remaining: int, sleep: float, clean: bool, jpath: Path
-) -> None:
-    """15 % of the kills while starting and binding; 15 % just after a stage's code returned (its COMPLETE
-    being written: the window is short, so it is aimed at); 45 % anywhere in the remaining stages; a quarter
-    once the stages are done (unbind, cleanup). Where each kill really landed is judged afterwards."""
-    r = rng.random()
-    offset = jpath.stat().st_size if jpath.exists() else 0
-    if r < 0.15:
-        proc.join(rng.uniform(0.001, t.startup))
-    elif r < 0.3:
-        if _wait_for_line(jpath, offset, "end", proc, 30):
-            time.sleep(rng.uniform(0.0, 0.5 * t.per_stage))
-    elif r < 0.75:
-        proc.join(t.startup + rng.uniform(0.0, 0.8 * remaining * (sleep + t.per_stage)))
-    elif _wait_for_line(jpath, offset, "executed", proc, 30):
-        time.sleep(rng.uniform(0.0, t.end_clean if clean else 0.8 * t.end_plain))
-    kill_child.kill(proc)
-
-
 def run_one(ctx: BaseContext, store: Store, seed: int, tmp: Path, t: Timing, kills_per_task: int, stats: Stats) -> None:
     """Kill and resume task ``kill-SEED`` until a run completes; odd seeds end each run with a cleanup."""
     rng = random.Random(seed)
     task_id, clean = f"kill-{seed}", seed % 2 == 1
     sleep = store.sleeps[(seed // 2) % len(store.sleeps)]
     jpath = tmp / f"{task_id}.journal"
+    folder = Path(store.args[0]) / task_id if store.name == "file" else None
     argv = [*store.args, task_id, str(N_STAGES), "--journal", str(jpath), "--sleep", str(sleep), "--phases"]
     argv += ["--clean"] if clean else []
     stats.tasks += 1
@@ -135,7 +91,7 @@ def run_one(ctx: BaseContext, store: Store, seed: int, tmp: Path, t: Timing, kil
         try:
             if run < kills_per_task:
                 remaining = N_STAGES - len(observations[-1].complete if observations else ())
-                _kill_at_random(proc, rng, t, remaining, sleep, clean, jpath)
+                storage_work = kill_at_random(proc, rng, t, remaining, sleep, clean, jpath, folder)
             proc.join(120)
         finally:
             kill_child.reap(proc)
@@ -166,6 +122,9 @@ def run_one(ctx: BaseContext, store: Store, seed: int, tmp: Path, t: Timing, kil
             break
         stats.kills += 1
         killed.add(proc.pid or 0)
+        if folder:
+            stats.journal.update([f"in {storage_work}"] if storage_work else [])
+            stats.journal.update(f"left {e}" for e in left_behind(folder))
         snap, problems = inspect(store.objects(task_id), task_id, N_STAGES)
         where = phase(new, snap, clean)
         stats.phases[where] += 1
