@@ -20,7 +20,17 @@ from airflow_checkmate.checkmate import (
     RetryPolicy,
     TaskIO,
 )
-from reliability.hostile_store import TASK, OtherStage, OtherState, S, Store, engine_for, stored_doc
+from reliability.hostile_store import (
+    TASK,
+    OtherStage,
+    OtherState,
+    S,
+    Store,
+    engine_for,
+    get_object,
+    put_object,
+    stored_doc,
+)
 from support.stages import CounterState, JournalStage, make_stages
 
 
@@ -189,7 +199,7 @@ FOREIGN_OBJECTS: dict[str, tuple[str, Callable[[Store, bytes], bytes]]] = {
         "s1.stage.json",
         lambda st, raw: OtherState.model_validate({**json.loads(raw), "priority": 3}).model_dump_json().encode(),
     ),
-    "other-stage": ("s1.stage.json", lambda st, raw: (st.base / TASK / "s2.stage.json").read_bytes()),
+    "other-stage": ("s1.stage.json", lambda st, raw: get_object(st.base, f"{TASK}/s2.stage.json") or b""),
     "unbound-stage": ("s2.stage.json", lambda st, raw: b"{}"),
     "unknown-field": ("task.json", lambda st, raw: _with(raw, storage_layout="v2")),
     "schema-version-2": ("task.json", lambda st, raw: _with(raw, schema_version=2)),
@@ -204,15 +214,12 @@ FOREIGN_OBJECTS: dict[str, tuple[str, Callable[[Store, bytes], bytes]]] = {
 
 def plant(st: Store, obj: str, make: Callable[[Store, bytes], bytes]) -> Callable[[], None]:
     """Replace (or create) one object of the stored task; returns what puts the original back."""
-    path = st.base / TASK / obj
-    original = path.read_bytes() if path.exists() else None
-    path.write_bytes(make(st, original or b""))
+    name = f"{TASK}/{obj}"
+    original = get_object(st.base, name)
+    put_object(st.base, name, make(st, original or b""))
 
     def restore() -> None:
-        if original is None:
-            path.unlink()
-        else:
-            path.write_bytes(original)
+        put_object(st.base, name, original)
 
     return restore
 

@@ -28,6 +28,8 @@ from airflow_checkmate.checkmate import (
     TaskIO,
     TaskIOFile,
 )
+from airflow_checkmate.checkmate.io.journal import JOURNAL_NAME
+from airflow_checkmate.checkmate.io.journal_format import Replay, read_records, replay_file
 from support.stages import JournalStage, expected_result, make_stages, start_counts
 
 S = StageStatus
@@ -40,8 +42,8 @@ JOURNAL_CLASS = f"{JournalStage.__module__}.{JournalStage.__qualname__}"
 class ProbeIO(TaskIOFile):
     """Real file storage that records every storage call and can fake a full disk on one write.
 
-    ``fail_on(doc)`` picks the write to fail from the JSON document being written; that write puts half
-    its bytes into the temp file and raises ENOSPC, as ``write(2)`` does on a full disk.
+    ``fail_on(doc)`` picks the write to fail from the JSON documents of the journal record being appended;
+    that write puts half its bytes into the journal and raises ENOSPC, as ``write(2)`` does on a full disk.
     """
 
     def __init__(self, base: Path, **kwargs: Any) -> None:
@@ -52,11 +54,13 @@ class ProbeIO(TaskIOFile):
 
     def _write_all(self, fd: int, payload: bytes) -> None:
         if self.fail_on is not None:
-            try:
-                doc = json.loads(payload)
-            except ValueError:
-                doc = None
-            if isinstance(doc, dict) and self.fail_on(doc):
+            record = Replay()
+            if payload[:1] == b"{":  # a lease
+                record.objects["lease"] = payload
+            else:
+                read_records(record, payload, 0, "the record being appended")
+            docs = [json.loads(raw) for raw in record.objects.values()]
+            if any(isinstance(doc, dict) and self.fail_on(doc) for doc in docs):
                 self.fail_on = None
                 self.faults += 1
                 os.write(fd, payload[: len(payload) // 2])
@@ -117,7 +121,8 @@ def new_store(tmp_path: Path) -> Store:
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes | None, int]]:
-    """Every folder and file under ``root``: relative path -> (bytes, or None for a folder; mode)."""
+    """Every folder and file under ``root``: relative path -> (bytes, or None for a folder; mode). A task
+    folder's journal is listed as the objects it holds (each with the journal's mode)."""
     out: dict[str, tuple[bytes | None, int]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames:
@@ -125,12 +130,35 @@ def snapshot(root: Path) -> dict[str, tuple[bytes | None, int]]:
             out[path.relative_to(root).as_posix() + "/"] = (None, stat.S_IMODE(path.lstat().st_mode))
         for name in filenames:
             path = Path(dirpath, name)
-            out[path.relative_to(root).as_posix()] = (path.read_bytes(), stat.S_IMODE(path.lstat().st_mode))
+            mode = stat.S_IMODE(path.lstat().st_mode)
+            if name == JOURNAL_NAME:
+                for obj, raw in replay_file(path).items():
+                    out[(path.parent / obj).relative_to(root).as_posix()] = (raw, mode)
+            else:
+                out[path.relative_to(root).as_posix()] = (path.read_bytes(), mode)
     return out
 
 
 def files_under(base: Path) -> list[str]:
-    return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
+    """The stored objects under ``base`` (journal objects and plain files), and any temp file left."""
+    temps = [p.relative_to(base).as_posix() for p in base.rglob("*.tmp")]
+    return sorted([*TaskIOFile(base, durable=False).list(""), *temps])
+
+
+def put_object(base: Path, obj_name: str, data: bytes | None) -> None:
+    """Write (or with None remove) a stored object behind the engine's back, as a person or a bug would:
+    a task's objects through its journal, its lease as the plain file it is."""
+    if obj_name.endswith(".lock"):
+        path = base / obj_name
+        path.write_bytes(data) if data is not None else path.unlink()
+    else:
+        TaskIOFile(base, durable=False).commit([(obj_name, data)])
+
+
+def get_object(base: Path, obj_name: str) -> bytes | None:
+    """A stored object's bytes read with a fresh reader (None if absent)."""
+    io = TaskIOFile(base, durable=False)
+    return io.read_bytes(obj_name) if io.exists(obj_name) else None
 
 
 def engine_for(io: TaskIO, journal: Path, stages: list[Any] | None = None, **kwargs: Any) -> CheckMateEngine[Any, Any]:
@@ -167,7 +195,7 @@ def resume_and_finish(st: Store) -> None:
 
 
 def stored_doc(st: Store, obj: str) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((st.base / TASK / obj).read_bytes())
+    doc: dict[str, Any] = json.loads(get_object(st.base, f"{TASK}/{obj}") or b"")
     return doc
 
 

@@ -21,7 +21,7 @@ from airflow_checkmate.checkmate.exceptions import PersistenceDataNotFoundExcept
 from airflow_checkmate.checkmate.io.base import Fence, TaskIO
 from airflow_checkmate.checkmate.io.file_lock import folder_guard, make_folder
 from airflow_checkmate.checkmate.io.file_plain import atomic_write
-from airflow_checkmate.checkmate.io.journal import JOURNAL_NAME, TMP_SUFFIX, Journals
+from airflow_checkmate.checkmate.io.journal import JOURNAL_NAME, TMP_SUFFIX, Journals, write_all
 from airflow_checkmate.checkmate.io.journal_format import Entry
 from airflow_checkmate.checkmate.names import validate_obj_name
 
@@ -54,7 +54,7 @@ class TaskIOFile(TaskIO):
         self.durable = durable
         self._base_str = str(self.base)
         self._paths: dict[str, str] = {}
-        self._journals = Journals(durable=durable)
+        self._journals = Journals(durable=durable, write=self._write_all)
         try:
             make_folder(self.base, durable=durable)
         except OSError as exc:
@@ -77,6 +77,10 @@ class TaskIOFile(TaskIO):
         """``(folder, name in it)`` of an object kept in a journal; None for a top-level object."""
         folder, name = os.path.split(self._str_path(obj_name))
         return None if folder == self._base_str else (folder, name)
+
+    def _write_all(self, fd: int, payload: bytes) -> None:
+        """Write a journal record or a plain file's bytes (a test probe fails it as a full disk would)."""
+        write_all(fd, payload)
 
     def reopen_args(self) -> tuple[str, dict[str, Any]]:
         return str(self.base), {"lease_seconds": self.lease_seconds, "durable": self.durable}
@@ -183,7 +187,7 @@ class TaskIOFile(TaskIO):
             self.remove(obj_name, fence=fence)
         else:
             check = None if fence is None else lambda: self.check_fence(fence)
-            atomic_write(self._str_path(obj_name), data, durable=self.durable, check=check)
+            atomic_write(self._str_path(obj_name), data, durable=self.durable, check=check, write=self._write_all)
 
     def remove(self, obj_name: str, *, fence: Fence | None = None) -> bool:
         where = self._journaled(obj_name)
@@ -221,7 +225,7 @@ class TaskIOFile(TaskIO):
                     if path.exists():
                         return False
                     try:
-                        atomic_write(str(path), data.encode("utf-8"), durable=self.durable)
+                        atomic_write(str(path), data.encode("utf-8"), durable=self.durable, write=self._write_all)
                     except TaskIOException:
                         # A failure past the rename (the folder's fsync) left this lease in place, held by
                         # a live pid: take it back, or this very process would wait out the whole lease.
@@ -246,7 +250,7 @@ class TaskIOFile(TaskIO):
                 else:
                     # Durable like every lease write: a renewal or takeover torn by a power loss would
                     # leave a lease nobody can parse, which only a manual unlock clears.
-                    atomic_write(str(path), new.encode("utf-8"), durable=self.durable)
+                    atomic_write(str(path), new.encode("utf-8"), durable=self.durable, write=self._write_all)
                 return True
         except FileNotFoundError:
             return False

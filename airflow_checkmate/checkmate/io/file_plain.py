@@ -17,7 +17,14 @@ from airflow_checkmate.checkmate.io.file_lock import flock, fsync_folder, make_f
 from airflow_checkmate.checkmate.io.journal import TMP_SUFFIX, write_all
 
 
-def atomic_write(path: str, payload: bytes, *, durable: bool, check: Callable[[], None] | None = None) -> None:
+def atomic_write(
+    path: str,
+    payload: bytes,
+    *,
+    durable: bool,
+    check: Callable[[], None] | None = None,
+    write: Callable[[int, bytes], None] = write_all,
+) -> None:
     """Replace the file at ``path`` with ``payload``; ``check`` (a fence) runs just before the rename."""
     folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".{name}.{os.urandom(6).hex()}{TMP_SUFFIX}")
@@ -28,7 +35,7 @@ def atomic_write(path: str, payload: bytes, *, durable: bool, check: Callable[[]
             make_folder(Path(folder), durable=durable)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            write_all(fd, payload)
+            write(fd, payload)
             if durable:
                 os.fsync(fd)
         finally:

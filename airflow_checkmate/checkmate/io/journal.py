@@ -62,6 +62,12 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(chunks)
 
 
+def _names(path: str, entries: Sequence[fmt.Entry]) -> str:
+    """The objects of a checkpoint as paths, for messages."""
+    folder = os.path.dirname(path)
+    return ", ".join(os.path.join(folder, name) for name, _ in entries)
+
+
 def write_all(fd: int, payload: bytes) -> None:
     view = memoryview(payload)
     while view:
@@ -71,8 +77,9 @@ def write_all(fd: int, payload: bytes) -> None:
 class Journals:
     """The journals of one TaskIOFile, with what was last read of each (so re-reads are cheap)."""
 
-    def __init__(self, *, durable: bool) -> None:
+    def __init__(self, *, durable: bool, write: Callable[[int, bytes], None] = write_all) -> None:
         self.durable = durable
+        self._write = write  # how a record is written (a test probe may fail it as a full disk would)
         self._cache: dict[str, _Seen] = {}
         self._mutex = threading.Lock()  # the cache is shared by the instance's threads
 
@@ -92,7 +99,8 @@ class Journals:
     def append(self, folder: str, entries: Sequence[fmt.Entry], check: Callable[[], None] | None) -> int:
         """Append one checkpoint (``check`` runs first under the folder's shared flock; it raises to refuse).
 
-        Removals of absent objects are left out; returns how many entries were written. May compact.
+        Entries that change nothing (removing an absent object, rewriting the same bytes) are left out, so
+        the file stays byte-identical; returns how many entries were written. May compact.
         """
         path = os.path.join(folder, JOURNAL_NAME)
         with folder_guard(folder, exclusive=False):
@@ -105,7 +113,7 @@ class Journals:
                 flock(fd, path, exclusive=True)
                 with self._mutex:
                     seen = self._refresh(path, fd)
-                    live = [(n, d) for n, d in entries if d is not None or n in seen.objects]
+                    live = [(n, d) for n, d in entries if seen.objects.get(n) != d]
                     if not live:
                         return 0
                     if seen.size > seen.end:
@@ -121,12 +129,13 @@ class Journals:
     def _write_record(self, fd: int, path: str, seen: _Seen, entries: Sequence[fmt.Entry]) -> None:
         record = fmt.encode_record(entries)
         try:
-            write_all(fd, record)
+            self._write(fd, record)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, seen.end)
             raise TaskIOException(
-                f"cannot append to journal {path}: {exc}; the objects' previous versions are unchanged"
+                f"cannot store {_names(path, entries)} (appending to journal {path}): {exc}; their previous "
+                "versions are unchanged"
             ) from exc
         seen.apply(entries)
         seen.end += len(record)
@@ -138,8 +147,8 @@ class Journals:
                 os.fdatasync(fd)
             except OSError as exc:
                 raise TaskIOException(
-                    f"appended to journal {path}, but syncing it failed: {exc}; the new versions are what "
-                    "readers see now but may not survive a power loss"
+                    f"stored {_names(path, entries)} (appended to journal {path}), but syncing it failed: {exc}; "
+                    "the new versions are what readers see now but may not survive a power loss"
                 ) from exc
 
     def compact(self, folder: str, check: Callable[[], None] | None) -> None:
