@@ -27,11 +27,10 @@ from reliability.hostile_store import (
     S,
     Store,
     engine_for,
-    get_object,
-    put_object,
     stored_doc,
 )
 from support.stages import CounterState, JournalStage, make_stages
+from support.stored_objects import get_object, put_object
 
 
 class Accepted(Exception):

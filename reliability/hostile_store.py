@@ -14,7 +14,7 @@ import errno
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,8 +29,9 @@ from airflow_checkmate.checkmate import (
     TaskIOFile,
 )
 from airflow_checkmate.checkmate.io.journal import JOURNAL_NAME
-from airflow_checkmate.checkmate.io.journal_format import Replay, read_records, replay_file
+from airflow_checkmate.checkmate.io.journal_format import decode_record, replay_file
 from support.stages import JournalStage, expected_result, make_stages, start_counts
+from support.stored_objects import files_under, get_object
 
 S = StageStatus
 #: Long enough that no heartbeat rewrites a held lock during a case, so snapshots taken while bound are stable.
@@ -52,20 +53,19 @@ class ProbeIO(TaskIOFile):
         self.fail_on: Callable[[dict[str, Any]], bool] | None = None
         self.faults = 0
 
-    def _write_all(self, fd: int, payload: bytes) -> None:
+    def _write_all(self, fd: int, pieces: Sequence[bytes]) -> None:
+        payload = b"".join(pieces)
         if self.fail_on is not None:
-            record = Replay()
             if payload[:1] == b"{":  # a lease
-                record.objects["lease"] = payload
+                docs = [json.loads(payload)]
             else:
-                read_records(record, payload, 0, "the record being appended")
-            docs = [json.loads(raw) for raw in record.objects.values()]
+                docs = [json.loads(raw) for _, raw in decode_record(payload) if raw is not None]
             if any(isinstance(doc, dict) and self.fail_on(doc) for doc in docs):
                 self.fail_on = None
                 self.faults += 1
                 os.write(fd, payload[: len(payload) // 2])
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        super()._write_all(fd, payload)
+        super()._write_all(fd, pieces)
 
     def read(self, obj_name: str) -> str:
         self.calls.append(("read", obj_name))
@@ -137,28 +137,6 @@ def snapshot(root: Path) -> dict[str, tuple[bytes | None, int]]:
             else:
                 out[path.relative_to(root).as_posix()] = (path.read_bytes(), mode)
     return out
-
-
-def files_under(base: Path) -> list[str]:
-    """The stored objects under ``base`` (journal objects and plain files), and any temp file left."""
-    temps = [p.relative_to(base).as_posix() for p in base.rglob("*.tmp")]
-    return sorted([*TaskIOFile(base, durable=False).list(""), *temps])
-
-
-def put_object(base: Path, obj_name: str, data: bytes | None) -> None:
-    """Write (or with None remove) a stored object behind the engine's back, as a person or a bug would:
-    a task's objects through its journal, its lease as the plain file it is."""
-    if obj_name.endswith(".lock"):
-        path = base / obj_name
-        path.write_bytes(data) if data is not None else path.unlink()
-    else:
-        TaskIOFile(base, durable=False).commit([(obj_name, data)])
-
-
-def get_object(base: Path, obj_name: str) -> bytes | None:
-    """A stored object's bytes read with a fresh reader (None if absent)."""
-    io = TaskIOFile(base, durable=False)
-    return io.read_bytes(obj_name) if io.exists(obj_name) else None
 
 
 def engine_for(io: TaskIO, journal: Path, stages: list[Any] | None = None, **kwargs: Any) -> CheckMateEngine[Any, Any]:

@@ -15,7 +15,7 @@ import platform
 from pathlib import Path
 
 from airflow_checkmate.checkmate.io.journal import JOURNAL_NAME, TMP_SUFFIX
-from airflow_checkmate.checkmate.io.journal_format import HEADER_SIZE, Replay, parse_header, read_records
+from airflow_checkmate.checkmate.io.journal_format import HEADER_SIZE, Replay, parse_header, pread_all, scan
 
 # x86_64 system call numbers (the sample is skipped on other machines).
 _WRITES = {1, 18, 20}  # write, pwrite64, writev
@@ -70,8 +70,12 @@ def left_behind(folder: Path) -> list[str]:
 
 def torn_bytes(path: Path) -> int:
     """How many bytes past the journal's last complete record (0: it ends on a record)."""
-    data = path.read_bytes()
-    parse_header(data, str(path))
-    replay = Replay()
-    read_records(replay, memoryview(data)[HEADER_SIZE:], HEADER_SIZE, str(path))
-    return len(data) - replay.end
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parse_header(pread_all(fd, HEADER_SIZE, 0), str(path))
+        replay = Replay()
+        size = os.fstat(fd).st_size
+        scan(replay, fd, size, str(path))
+        return size - replay.end
+    finally:
+        os.close(fd)

@@ -59,17 +59,15 @@ from reliability.hostile_store import (
     NeedsState,
     Store,
     engine_for,
-    files_under,
-    get_object,
     make_stored_task,
     new_store,
     no_temp_files,
-    put_object,
     resume_and_finish,
     snapshot,
     stored_doc,
 )
 from support.stages import CounterState, JournalStage, expected_result, make_stages, read_journal, start_counts
+from support.stored_objects import files_under, get_object, put_object
 
 S = StageStatus
 

@@ -26,6 +26,7 @@ from airflow_checkmate.checkmate import (
 )
 from support.processes import run_task_process, start_task_process
 from support.stages import CounterState, JournalStage, expected_result, make_stages, read_journal
+from support.stored_objects import get_object, objects_under, put_object
 
 S = StageStatus
 
@@ -134,7 +135,7 @@ def test_resume_in_new_process_after_crash_mid_stage(base: Path, tmp_path: Path)
     assert starts(journal) == ["s1"]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    stored = json.loads((base / "crash" / "s1.stage.json").read_text())
+    stored = json.loads(get_object(base, "crash/s1.stage.json") or b"")
     assert stored["status"] == "RUNNING" and stored["attempts"] == 1
 
     # strict_recovery=False (the default) refuses to guess: the stage is not run again.
@@ -234,10 +235,10 @@ def test_clean_interrupted_midway_is_finished_by_next_bind(base: Path, tmp_path:
     with CheckMateEngine(io, "half", make_stages(3)) as engine:
         engine.execute()
     # What a process killed during unbind(clean=True) leaves: task.json marked cleaning, one stage gone.
-    record = json.loads((base / "half" / "task.json").read_text())
+    record = json.loads(get_object(base, "half/task.json") or b"")
     record["cleaning"] = True
-    (base / "half" / "task.json").write_text(json.dumps(record))
-    (base / "half" / "s1.stage.json").unlink()
+    put_object(base, "half/task.json", json.dumps(record).encode())
+    put_object(base, "half/s1.stage.json", None)
 
     journal = tmp_path / "journal"
     with CheckMateEngine(io, "half", make_stages(3, str(journal))) as engine:
@@ -259,10 +260,10 @@ def test_cancel_requested_from_outside_cancels_the_running_stage(base: Path, tmp
     assert "CANCELED" in out and "operator asked" in out
     words = read_journal(journal)
     assert [w[:2] for w in words] == [["start", "s1"], ["end", "s1"], ["cancel", "s1"]]  # cleanup ran once
-    stored = {n: json.loads((base / "stopme" / f"{n}.stage.json").read_text()) for n in ("s1", "s2", "s4")}
+    stored = {n: json.loads(get_object(base, f"stopme/{n}.stage.json") or b"") for n in ("s1", "s2", "s4")}
     assert {n: state["status"] for n, state in stored.items()} == {"s1": "CANCELED", "s2": "CANCELED", "s4": "CANCELED"}
     assert stored["s1"]["result"] is None and "result was discarded" in stored["s1"]["history"][-1]["message"]
-    assert not (base / "stopme" / "cancel.json").exists() and not (base / "stopme" / "task.lock").exists()
+    assert not {"stopme/cancel.json", "stopme/task.lock"} & set(objects_under(base, "stopme/"))
 
 
 def test_running_stage_can_poll_cancel_requested_and_stop_early(fast_io: TaskIO) -> None:

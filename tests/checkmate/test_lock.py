@@ -39,6 +39,7 @@ from airflow_checkmate.checkmate import (
 from reliability import race, zombie
 from support.processes import S3_CONN_ID, start_task_process
 from support.stages import expected_result, make_stages, read_journal
+from support.stored_objects import get_object, objects_under
 from support.waiting import journal_has, proc_state, reaped, wait_for
 
 RACE_WORKERS = 3
@@ -50,11 +51,11 @@ RACE_ROUNDS = 40
 
 def snapshot(task_dir: Path) -> dict[str, bytes]:
     """Every stored object of a task (temporary files excluded), byte for byte."""
-    return {p.name: p.read_bytes() for p in sorted(task_dir.iterdir()) if not p.name.startswith(".")}
+    return {n.partition("/")[2]: b for n, b in objects_under(task_dir.parent, f"{task_dir.name}/").items()}
 
 
 def stored_task(task_dir: Path) -> TaskEngineState:
-    return TaskEngineState.model_validate_json((task_dir / "task.json").read_bytes())
+    return TaskEngineState.model_validate_json(get_object(task_dir.parent, f"{task_dir.name}/task.json") or b"")
 
 
 def takeovers(task_dir: Path) -> list[str]:
@@ -243,7 +244,7 @@ def test_engine_whose_lease_was_taken_over_cannot_write(base: Path, tmp_path: Pa
     finally:
         b.unbind()
     assert not (task_dir / "task.lock").exists()
-    assert sorted(p.name for p in task_dir.iterdir() if not p.name.startswith(".")) == [
+    assert sorted(snapshot(task_dir)) == [
         "s1.stage.json",
         "s2.stage.json",
         "s3.stage.json",

@@ -27,6 +27,7 @@ from airflow_checkmate.checkmate import (
 )
 from airflow_checkmate.checkmate.exceptions import StateNotStorable
 from support.processes import run_python
+from support.stored_objects import get_object
 
 S = StageStatus
 LOCK_TYPE = type(threading.Lock())
@@ -86,7 +87,7 @@ def test_stored_state_stays_json_that_python_reads(base: Path) -> None:
     """What other tools read: JSON (with NaN/Infinity constants, as Python's json accepts), bytes as base64 text."""
     with CheckMateEngine(TaskIOFile(base, durable=False), "plain", fill_stages(False)) as engine:
         engine.execute()
-    raw = json.loads((base / "plain" / "s1.stage.json").read_text())
+    raw = json.loads(get_object(base, "plain/s1.stage.json") or b"")
     assert math.isnan(raw["value"]) and raw["series"][0] == math.inf
     assert isinstance(raw["blob"], str)
 

@@ -50,6 +50,7 @@ from airflow_checkmate.checkmate import (
     TaskEngineException,
     TaskIO,
 )
+from support.stored_objects import get_object, objects_under, put_object
 
 TASK_ID = "task-under-test"
 LETTER = {"UNBOUND": "U", "CREATED": "N", "RUNNING": "R", "RETRY": "Y", "ERROR": "E", "COMPLETE": "C", "CANCELED": "X"}
@@ -110,12 +111,13 @@ class PlanStage(BaseStage[PlanState]):
         run = RUNS[self.run_key]
         name = self.stage_name
         run.runs[name] += 1
-        obj = run.base / TASK_ID / f"{name}.stage.json"
-        stored = json.loads(obj.read_text())
+        obj = f"{TASK_ID}/{name}.stage.json"
+        raw = get_object(run.base, obj) or b""
+        stored = json.loads(raw)
         run.seen.append((name, self.state.attempts, stored["status"], stored["attempts"]))
         action = run.plan.pop(name, "ok")
         if action == "crash":
-            run.crash_snapshot[name] = obj.read_bytes()
+            run.crash_snapshot[name] = raw
             run.crashing = name
             raise SimulatedCrash(name)
         if action == "fail":
@@ -254,10 +256,8 @@ class EngineMachine(RuleBasedStateMachine):
 
     def stored(self) -> dict[str, bytes]:
         """The task's stored objects (the lock excluded: its heartbeat changes on its own)."""
-        folder = Path(self.tmp) / TASK_ID
-        if not folder.exists():
-            return {}
-        return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != "task.lock"}
+        found = objects_under(Path(self.tmp), f"{TASK_ID}/")
+        return {n.partition("/")[2]: b for n, b in found.items() if not n.endswith("/task.lock")}
 
     # ------------------------------------------------------------------------------------ rules
 
@@ -345,7 +345,7 @@ class EngineMachine(RuleBasedStateMachine):
             # the process "dies": no more writes from it, and its stage is left RUNNING in storage ...
             name = str(error)
             self.engine.unbind()
-            (Path(self.tmp) / TASK_ID / f"{name}.stage.json").write_bytes(self.probe.crash_snapshot.pop(name))
+            put_object(Path(self.tmp), f"{TASK_ID}/{name}.stage.json", self.probe.crash_snapshot.pop(name))
             # ... and the next try, a new process, binds it again (and may execute at once)
             self.engine = self.new_engine()
             self.engine.bind()
@@ -454,12 +454,12 @@ class EngineMachine(RuleBasedStateMachine):
     def storage_matches_model(self) -> None:
         if not self.names:
             return
-        folder = Path(self.tmp) / TASK_ID
+        stored = objects_under(Path(self.tmp), f"{TASK_ID}/")
         stored_statuses, stored_attempts, stored_values = [], [], []
         for name in self.names:
-            obj = folder / f"{name}.stage.json"
-            assert obj.exists() == self.has_obj[name], f"{name}: object exists {obj.exists()}"
-            data = json.loads(obj.read_text()) if obj.exists() else {"status": "CREATED", "attempts": 0}
+            raw = stored.get(f"{TASK_ID}/{name}.stage.json")
+            assert (raw is not None) == self.has_obj[name], f"{name}: object exists {raw is not None}"
+            data = json.loads(raw) if raw is not None else {"status": "CREATED", "attempts": 0}
             stored_statuses.append(data["status"])
             stored_attempts.append(data["attempts"])
             stored_values.append((data.get("value", 0), data.get("result")))
@@ -467,9 +467,9 @@ class EngineMachine(RuleBasedStateMachine):
         assert valid_sequence(stored_statuses), stored_statuses
         assert stored_statuses == self.statuses()
         assert stored_attempts == [self.attempts[n] for n in self.names]
-        assert (folder / "task.json").exists() == self.task_stored
-        assert (folder / "cancel.json").exists() == self.pending_cancel
-        assert (folder / "task.lock").exists() == self.bound
+        assert (f"{TASK_ID}/task.json" in stored) == self.task_stored
+        assert (f"{TASK_ID}/cancel.json" in stored) == self.pending_cancel
+        assert (f"{TASK_ID}/task.lock" in stored) == self.bound
         if not self.task_stored:
             assert self.stored() == {}
 

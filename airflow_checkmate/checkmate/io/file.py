@@ -21,7 +21,7 @@ from airflow_checkmate.checkmate.exceptions import PersistenceDataNotFoundExcept
 from airflow_checkmate.checkmate.io.base import Fence, TaskIO
 from airflow_checkmate.checkmate.io.file_lock import folder_guard, make_folder
 from airflow_checkmate.checkmate.io.file_plain import atomic_write
-from airflow_checkmate.checkmate.io.journal import JOURNAL_NAME, TMP_SUFFIX, Journals, write_all
+from airflow_checkmate.checkmate.io.journal import JOURNAL_NAME, TMP_SUFFIX, Journals, write_pieces
 from airflow_checkmate.checkmate.io.journal_format import Entry
 from airflow_checkmate.checkmate.names import validate_obj_name
 
@@ -78,9 +78,9 @@ class TaskIOFile(TaskIO):
         folder, name = os.path.split(self._str_path(obj_name))
         return None if folder == self._base_str else (folder, name)
 
-    def _write_all(self, fd: int, payload: bytes) -> None:
+    def _write_all(self, fd: int, pieces: Sequence[bytes]) -> None:
         """Write a journal record or a plain file's bytes (a test probe fails it as a full disk would)."""
-        write_all(fd, payload)
+        write_pieces(fd, pieces)
 
     def reopen_args(self) -> tuple[str, dict[str, Any]]:
         return str(self.base), {"lease_seconds": self.lease_seconds, "durable": self.durable}
@@ -94,7 +94,7 @@ class TaskIOFile(TaskIO):
         where = self._journaled(obj_name)
         if where is not None:
             try:
-                data = self._journals.get(*where)
+                data = self._journals.read(where[0], [where[1]]).get(where[1])
             except (PersistenceDataNotFoundException, OSError) as exc:
                 raise PersistenceDataNotFoundException(f"cannot read stored object {path}: {exc}") from exc
             if data is not None:
@@ -109,7 +109,7 @@ class TaskIOFile(TaskIO):
 
     def exists(self, obj_name: str) -> bool:
         where = self._journaled(obj_name)
-        if where is not None and self._journals.get(*where) is not None:
+        if where is not None and self._journals.has(*where):
             return True
         try:
             return stat.S_ISREG(os.stat(self._str_path(obj_name)).st_mode)
@@ -134,7 +134,8 @@ class TaskIOFile(TaskIO):
             rel = "" if rel == "." else rel + "/"
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             if rel and JOURNAL_NAME in filenames:
-                for name, data in self._journals.snapshot(dirpath).items():
+                found = self._journals.read(dirpath) if read else dict.fromkeys(self._journals.names(dirpath), b"")
+                for name, data in found.items():
                     if (rel + name).startswith(prefix):
                         yield rel + name, data
             for name in filenames:

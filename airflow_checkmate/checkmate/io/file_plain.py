@@ -14,7 +14,7 @@ from pathlib import Path
 
 from airflow_checkmate.checkmate.exceptions import TaskIOException
 from airflow_checkmate.checkmate.io.file_lock import flock, fsync_folder, make_folder
-from airflow_checkmate.checkmate.io.journal import TMP_SUFFIX, write_all
+from airflow_checkmate.checkmate.io.journal import TMP_SUFFIX, Writer, write_pieces
 
 
 def atomic_write(
@@ -23,7 +23,7 @@ def atomic_write(
     *,
     durable: bool,
     check: Callable[[], None] | None = None,
-    write: Callable[[int, bytes], None] = write_all,
+    write: Writer = write_pieces,
 ) -> None:
     """Replace the file at ``path`` with ``payload``; ``check`` (a fence) runs just before the rename."""
     folder, name = os.path.split(path)
@@ -35,7 +35,7 @@ def atomic_write(
             make_folder(Path(folder), durable=durable)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            write(fd, payload)
+            write(fd, [payload])
             if durable:
                 os.fsync(fd)
         finally:

@@ -2,7 +2,7 @@
 
 Every object written in a folder ``<base>/<task_id>/`` lives in the folder's journal (``.~journal``,
 hidden and never a valid object name, see ``journal_format``); one checkpoint is one record, appended
-with one ``write`` and made durable with one ``fdatasync``. The folder is fsynced only when the journal
+with one ``writev`` and made durable with one ``fdatasync``. The folder is fsynced only when the journal
 is created and after a compaction renames a new one in.
 
 Why concurrent writers are safe (the holder appending and compacting, a cancel request from another
@@ -14,9 +14,10 @@ process appending at the same time, readers anywhere):
   was left by a dead writer: it is cut off before the next record is written.
 - Compaction holds the folder's flock *exclusively*: no append is in progress. It writes the live
   objects to a temp file, fsyncs it, renames it over the journal and fsyncs the folder. A reader opens
-  either the old file or the new one; both are complete.
+  either the old file or the new one; both are complete, and records are never rewritten in place.
 - Readers take no lock. They stop at a torn tail (an append in progress looks like one) and remember the
-  file's identity and the offset they read to, so a poll reads only the bytes appended since.
+  file's identity, how far they read and where each object sits, so a poll costs one ``stat`` and a read
+  only the bytes appended since (objects are read where they sit, in the file they were found in).
 """
 
 import contextlib
@@ -33,7 +34,22 @@ JOURNAL_NAME = ".~journal"
 TMP_SUFFIX = ".tmp"
 #: A journal is compacted once it exceeds twice its live objects plus this much.
 COMPACT_SLACK = 64 * 1024
-_CACHE_SIZE = 64
+#: A rewrite of an object with the same bytes is left out of a checkpoint up to this size (it is compared).
+_SAME_BYTES_LIMIT = 1 << 20
+_CACHE_SIZE = 256
+_RETRIES = 5
+
+Writer = Callable[[int, Sequence[bytes]], None]
+
+
+def write_pieces(fd: int, pieces: Sequence[bytes]) -> None:
+    """Write ``pieces`` in order with one ``writev`` (the rest with ``write`` if it was cut short)."""
+    written = os.writev(fd, pieces)
+    total = sum(len(p) for p in pieces)
+    if written < total:
+        view = memoryview(b"".join(pieces))[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 @dataclass
@@ -43,58 +59,55 @@ class _Seen(fmt.Replay):
     ident: bytes = b""
     key: tuple[int, int, int, int] = (0, 0, 0, 0)
     size: int = 0
-    records: int = 0
 
 
 def _key(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
 
 
-def _pread_all(fd: int, size: int, offset: int) -> bytes:
-    chunks = []
-    while size > 0:
-        chunk = os.pread(fd, size, offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size -= len(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
-
-
-def _names(path: str, entries: Sequence[fmt.Entry]) -> str:
-    """The objects of a checkpoint as paths, for messages."""
-    folder = os.path.dirname(path)
-    return ", ".join(os.path.join(folder, name) for name, _ in entries)
-
-
-def write_all(fd: int, payload: bytes) -> None:
-    view = memoryview(payload)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 class Journals:
     """The journals of one TaskIOFile, with what was last read of each (so re-reads are cheap)."""
 
-    def __init__(self, *, durable: bool, write: Callable[[int, bytes], None] = write_all) -> None:
+    def __init__(self, *, durable: bool, write: Writer = write_pieces) -> None:
         self.durable = durable
         self._write = write  # how a record is written (a test probe may fail it as a full disk would)
         self._cache: dict[str, _Seen] = {}
         self._mutex = threading.Lock()  # the cache is shared by the instance's threads
 
-    def snapshot(self, folder: str) -> dict[str, bytes]:
-        """The folder's live objects (name within the folder -> bytes); empty if it has no journal."""
+    def read(self, folder: str, names: Sequence[str] | None = None) -> dict[str, bytes]:
+        """Live objects of the folder's journal (all, or those of ``names`` that exist), from one checkpoint."""
         path = os.path.join(folder, JOURNAL_NAME)
-        with self._mutex:
-            seen = self._current(path)
-            return dict(seen.objects) if seen else {}
+        for _ in range(_RETRIES):
+            with self._mutex:
+                seen = self._current(path)
+                if seen is None:
+                    return {}
+                objects = seen.objects
+                wanted = dict(objects) if names is None else {n: objects[n] for n in names if n in objects}
+                ident, ino = seen.ident, seen.key[1]
+            if not wanted:
+                return {}
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                if os.fstat(fd).st_ino != ino or fmt.pread_all(fd, fmt.HEADER_SIZE, 0)[-6:] != ident:
+                    continue  # compacted since: read where the objects sit now
+                return {name: fmt.pread_all(fd, size, offset) for name, (offset, size) in wanted.items()}
+            finally:
+                os.close(fd)
+        raise TaskIOException(f"journal {path} kept being replaced while it was read; try again")
 
-    def get(self, folder: str, name: str) -> bytes | None:
-        """One live object's bytes, or None."""
+    def has(self, folder: str, name: str) -> bool:
         with self._mutex:
             seen = self._current(os.path.join(folder, JOURNAL_NAME))
-            return seen.objects.get(name) if seen else None
+            return seen is not None and name in seen.objects
+
+    def names(self, folder: str) -> list[str]:
+        with self._mutex:
+            seen = self._current(os.path.join(folder, JOURNAL_NAME))
+            return list(seen.objects) if seen else []
 
     def append(self, folder: str, entries: Sequence[fmt.Entry], check: Callable[[], None] | None) -> int:
         """Append one checkpoint (``check`` runs first under the folder's shared flock; it raises to refuse).
@@ -113,7 +126,7 @@ class Journals:
                 flock(fd, path, exclusive=True)
                 with self._mutex:
                     seen = self._refresh(path, fd)
-                    live = [(n, d) for n, d in entries if seen.objects.get(n) != d]
+                    live = [(n, d) for n, d in entries if not _unchanged(fd, seen, n, d)]
                     if not live:
                         return 0
                     if seen.size > seen.end:
@@ -127,9 +140,9 @@ class Journals:
         return len(live)
 
     def _write_record(self, fd: int, path: str, seen: _Seen, entries: Sequence[fmt.Entry]) -> None:
-        record = fmt.encode_record(entries)
+        pieces, located = fmt.encode_record(entries)
         try:
-            self._write(fd, record)
+            self._write(fd, pieces)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, seen.end)
@@ -137,8 +150,8 @@ class Journals:
                 f"cannot store {_names(path, entries)} (appending to journal {path}): {exc}; their previous "
                 "versions are unchanged"
             ) from exc
-        seen.apply(entries)
-        seen.end += len(record)
+        seen.apply(located, seen.end)
+        seen.end += sum(len(p) for p in pieces)
         seen.records += 1
         seen.size = seen.end
         seen.key = _key(os.fstat(fd))
@@ -152,7 +165,7 @@ class Journals:
                 ) from exc
 
     def compact(self, folder: str, check: Callable[[], None] | None) -> None:
-        """Rewrite the journal as one record of its live objects (remove it if none are live)."""
+        """Rewrite the journal as one record per live object (remove it if none is live)."""
         path = os.path.join(folder, JOURNAL_NAME)
         try:
             guard = folder_guard(folder, exclusive=True)
@@ -162,40 +175,67 @@ class Journals:
         try:
             if check is not None:
                 check()
-            with self._mutex:
-                seen = self._current(path)
-                if seen is None or (seen.records <= 1 and seen.size == seen.end):
-                    return
-                for name in os.listdir(folder):  # what compactions and creations killed mid-way left
-                    if name.startswith(JOURNAL_NAME + ".") and name.endswith(TMP_SUFFIX):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(os.path.join(folder, name))
-                if not seen.objects:
-                    os.unlink(path)
-                    self._cache.pop(path, None)
-                else:
-                    self._rewrite(folder, path, seen)
-                if self.durable:
-                    fsync_folder(folder)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                with self._mutex:
+                    seen = self._refresh(path, fd)
+                    if seen.dead_bytes() == 0 and seen.size == seen.end:
+                        return
+                    self._clear_temps(folder)
+                    if seen.objects:
+                        self._rewrite(folder, path, fd, seen)
+                    else:
+                        os.unlink(path)
+                        self._cache.pop(path, None)
+            finally:
+                os.close(fd)
+            if self.durable:
+                fsync_folder(folder)
+        except FileNotFoundError:
+            return
         except OSError as exc:
             raise TaskIOException(f"cannot compact journal {path}: {exc}; it is unchanged") from exc
         finally:
             guard.__exit__(None, None, None)
 
-    def _rewrite(self, folder: str, path: str, seen: _Seen) -> None:
-        record = fmt.encode_record(sorted(seen.objects.items()))
+    def _rewrite(self, folder: str, path: str, old: int, seen: _Seen) -> None:
+        """Write the live objects (read one at a time from ``old``) to a new file; rename it over ``path``."""
         header = fmt.new_header()
-        tmp = self._new_file(folder, header + record)
+        fresh = _Seen(ident=header[-6:])
+        tmp = os.path.join(folder, f"{JOURNAL_NAME}.{os.urandom(6).hex()}{TMP_SUFFIX}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            write_pieces(fd, [header])
+            for name, (offset, size) in sorted(seen.objects.items()):
+                pieces, located = fmt.encode_record([(name, fmt.pread_all(old, size, offset))])
+                write_pieces(fd, pieces)
+                fresh.apply(located, fresh.end)
+                fresh.end += sum(len(p) for p in pieces)
+                fresh.records += 1
+            if self.durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
         os.replace(tmp, path)
-        fresh = _Seen(objects=seen.objects, live_bytes=seen.live_bytes, ident=fmt.parse_header(header, path))
-        fresh.end = fresh.size = len(header) + len(record)
-        fresh.records = 1
+        fresh.size = fresh.end
         fresh.key = _key(os.stat(path))
         self._cache[path] = fresh
 
+    @staticmethod
+    def _clear_temps(folder: str) -> None:
+        """Remove what compactions and journal creations killed mid-way left (none runs now: the caller
+        holds the folder's exclusive flock)."""
+        for name in os.listdir(folder):
+            if name.startswith(JOURNAL_NAME + ".") and name.endswith(TMP_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+
     def remove_if_empty(self, folder: str) -> bool:
-        """Under the folder's exclusive flock (the caller's): remove a journal with no live object.
-        False if live objects remain."""
+        """Under the folder's exclusive flock (the caller's): remove a journal with no live object and the
+        temp files of dead writers. False if live objects remain."""
         path = os.path.join(folder, JOURNAL_NAME)
         with self._mutex:
             seen = self._current(path)
@@ -212,7 +252,14 @@ class Journals:
         except FileNotFoundError:
             if not create:
                 return None
-        tmp = self._new_file(folder, fmt.new_header())
+        tmp = os.path.join(folder, f"{JOURNAL_NAME}.{os.urandom(6).hex()}{TMP_SUFFIX}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            write_pieces(fd, [fmt.new_header()])
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         try:
             os.link(tmp, path)  # never replaces: a journal made meanwhile by another writer wins
         except FileExistsError:
@@ -222,21 +269,6 @@ class Journals:
         if self.durable:
             fsync_folder(folder)
         return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
-
-    def _new_file(self, folder: str, content: bytes) -> str:
-        """A complete, synced temp file in ``folder`` holding ``content``; returns its path."""
-        tmp = os.path.join(folder, f"{JOURNAL_NAME}.{os.urandom(6).hex()}{TMP_SUFFIX}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            write_all(fd, content)
-            if self.durable:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        return tmp
 
     def _current(self, path: str) -> _Seen | None:
         """The journal at ``path`` as it is now (None if absent); reads only what changed since last time."""
@@ -257,24 +289,29 @@ class Journals:
         st = os.fstat(fd)
         seen = self._cache.get(path)
         if (
-            seen is not None
-            and seen.key[:2] == (st.st_dev, st.st_ino)
-            and st.st_size >= seen.end
-            and fmt.parse_header(os.pread(fd, fmt.HEADER_SIZE, 0), path) == seen.ident
+            seen is None
+            or seen.key[:2] != (st.st_dev, st.st_ino)
+            or st.st_size < seen.end
+            or fmt.parse_header(fmt.pread_all(fd, fmt.HEADER_SIZE, 0), path) != seen.ident
         ):
-            if st.st_size != seen.end:
-                self._read_from(seen, fd, path, st.st_size)
-            seen.key, seen.size = _key(st), st.st_size
-            return seen
-        data = _pread_all(fd, st.st_size, 0)
-        seen = _Seen(ident=fmt.parse_header(data, path), key=_key(st), size=st.st_size)
-        self._read_from(seen, fd, path, st.st_size, memoryview(data)[fmt.HEADER_SIZE :])
-        if len(self._cache) >= _CACHE_SIZE:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[path] = seen
+            seen = _Seen(ident=fmt.parse_header(fmt.pread_all(fd, fmt.HEADER_SIZE, 0), path))
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[path] = seen
+        fmt.scan(seen, fd, st.st_size, path)
+        seen.key, seen.size = _key(st), st.st_size
         return seen
 
-    @staticmethod
-    def _read_from(seen: _Seen, fd: int, path: str, size: int, data: memoryview | None = None) -> None:
-        raw = data if data is not None else _pread_all(fd, size - seen.end, seen.end)
-        seen.records += fmt.read_records(seen, raw, seen.end, path)
+
+def _unchanged(fd: int, seen: fmt.Replay, name: str, data: bytes | None) -> bool:
+    """True if writing ``data`` (None: removing) would leave object ``name`` as it is."""
+    where = seen.objects.get(name)
+    if data is None or where is None:
+        return data is None and where is None
+    return where[1] == len(data) <= _SAME_BYTES_LIMIT and fmt.pread_all(fd, where[1], where[0]) == data
+
+
+def _names(path: str, entries: Sequence[fmt.Entry]) -> str:
+    """The objects of a checkpoint as paths, for messages."""
+    folder = os.path.dirname(path)
+    return ", ".join(os.path.join(folder, name) for name, _ in entries)

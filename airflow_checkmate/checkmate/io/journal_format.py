@@ -8,7 +8,9 @@ frame carries its own checksum so a flipped byte in a length is caught instead o
 
 Reading stops at the torn tail a crash mid-append leaves (a frame or payload cut short, or a tail of
 zeros a filesystem exposes for an extension it never wrote); the bytes before it are the last complete
-checkpoint. A complete record whose checksum fails is damage, never dropped: it raises.
+checkpoint. A complete record whose checksum fails is damage, never dropped: it raises. Records are read
+one at a time and only where each object's bytes sit is kept, so reading a journal of large states
+costs one record's memory, not the file's.
 """
 
 import os
@@ -27,9 +29,13 @@ _ENTRY = struct.Struct(">HBQ")  # name length, kind, data length
 _WRITE, _REMOVE = 1, 0
 HEADER_SIZE = _HEADER.size
 FRAME_SIZE = _FRAME.size
+ENTRY_SIZE = _ENTRY.size
+_ZERO_CHUNK = 1 << 20
 
 #: An entry of a checkpoint: an object's name and its new bytes, or None to remove it.
 Entry = tuple[str, bytes | None]
+#: Where an object's bytes sit: (offset, length), in the file or relative to the start of its record.
+Location = tuple[int, int]
 
 WAY_OUT = (
     "nothing was removed; restore the file from a backup, or start the task over with "
@@ -58,97 +64,149 @@ def parse_header(data: bytes, path: str) -> bytes:
     return bytes(ident)
 
 
-def encode_record(entries: Sequence[Entry]) -> bytes:
-    """One checkpoint as a framed record (one buffer: it is appended with a single write)."""
-    parts: list[bytes] = []
+def encode_record(entries: Sequence[Entry]) -> tuple[list[bytes], list[tuple[str, Location | None]]]:
+    """One checkpoint as the pieces of a framed record (written together with one ``writev``, so the
+    objects' bytes are never copied into one buffer) and where each written object sits in the record."""
+    pieces = [b""]
+    located: list[tuple[str, Location | None]] = []
+    crc = length = 0
     for name, data in entries:
-        raw_name = name.encode("utf-8")
+        raw = name.encode("utf-8")
         if data is None:
-            parts += (_ENTRY.pack(len(raw_name), _REMOVE, 0), raw_name)
+            parts: tuple[bytes, ...] = (_ENTRY.pack(len(raw), _REMOVE, 0), raw)
+            located.append((name, None))
         else:
-            parts += (_ENTRY.pack(len(raw_name), _WRITE, len(data)), raw_name, data)
-    payload = b"".join(parts)
-    tail = struct.pack(">QI", len(payload), zlib.crc32(payload))
-    return b"".join((struct.pack(">I", zlib.crc32(tail)), tail, payload))
+            parts = (_ENTRY.pack(len(raw), _WRITE, len(data)), raw, data)
+            located.append((name, (FRAME_SIZE + length + ENTRY_SIZE + len(raw), len(data))))
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+            length += len(part)
+        pieces += parts
+    tail = struct.pack(">QI", length, crc)
+    pieces[0] = struct.pack(">I", zlib.crc32(tail)) + tail
+    return pieces, located
 
 
 @dataclass
 class Replay:
-    """The live objects of a journal read up to ``end`` (the end of its last complete record)."""
+    """Where the live objects of a journal sit, read up to ``end`` (the end of its last complete record)."""
 
-    objects: dict[str, bytes] = field(default_factory=dict)
+    objects: dict[str, Location] = field(default_factory=dict)
     end: int = HEADER_SIZE
     live_bytes: int = 0
+    records: int = 0
 
-    def apply(self, entries: Sequence[Entry]) -> None:
-        for name, data in entries:
+    def apply(self, located: Sequence[tuple[str, Location | None]], record_at: int) -> None:
+        """Apply a record that starts at file offset ``record_at``."""
+        for name, where in located:
             old = self.objects.pop(name, None)
             if old is not None:
-                self.live_bytes -= len(name) + len(old)
-            if data is not None:
-                self.objects[name] = data
-                self.live_bytes += len(name) + len(data)
+                self.live_bytes -= len(name) + old[1]
+            if where is not None:
+                self.objects[name] = (record_at + where[0], where[1])
+                self.live_bytes += len(name) + where[1]
+
+    def dead_bytes(self) -> int:
+        """Bytes of records past the one record per live object a compaction writes."""
+        compact = sum(FRAME_SIZE + ENTRY_SIZE + len(n.encode("utf-8")) + size for n, (_, size) in self.objects.items())
+        return self.end - HEADER_SIZE - compact
 
 
-def read_records(replay: Replay, data: bytes | memoryview, start: int, path: str) -> int:
-    """Apply the complete records in ``data`` (the file's bytes from offset ``start``) to ``replay``.
+def pread_all(fd: int, size: int, offset: int) -> bytes:
+    """``size`` bytes at ``offset`` (fewer only at the end of the file)."""
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def scan(replay: Replay, fd: int, size: int, path: str) -> None:
+    """Apply the complete records from ``replay.end`` to ``size`` (the file's size), one at a time.
 
     Stops at a torn tail; raises PersistenceDataNotFoundException naming ``path`` and the offset of a
-    complete record that fails its checksum. Returns how many records were applied.
+    complete record that fails its checksum.
     """
-    view = memoryview(data)
-    pos = count = 0
-    while len(view) - pos >= FRAME_SIZE:
-        frame_crc, length, payload_crc = _FRAME.unpack_from(view, pos)
-        if zlib.crc32(view[pos + 4 : pos + FRAME_SIZE]) != frame_crc:
-            if not any(view[pos:]):
+    pos = replay.end
+    while size - pos >= FRAME_SIZE:
+        frame = pread_all(fd, FRAME_SIZE, pos)
+        if len(frame) < FRAME_SIZE:
+            break  # cut meanwhile: a torn tail truncated by the next writer
+        frame_crc, length, payload_crc = _FRAME.unpack(frame)
+        if zlib.crc32(frame[4:]) != frame_crc:
+            if _zeros(fd, pos, size):
                 break  # zeros past the last record: an extension the filesystem never wrote
-            raise _damaged(path, start + pos, "its frame (length) fails its checksum")
-        body_start = pos + FRAME_SIZE
-        if len(view) - body_start < length:
+            raise _damaged(path, pos, "its frame (length) fails its checksum")
+        if size - pos - FRAME_SIZE < length:
             break  # torn: the crash cut this record short
-        body = view[body_start : body_start + length]
+        body = pread_all(fd, length, pos + FRAME_SIZE)
+        if len(body) < length:
+            break
         if zlib.crc32(body) != payload_crc:
-            raise _damaged(path, start + pos, "its payload fails its checksum")
-        replay.apply(_entries(body, path, start + pos))
-        pos = body_start + length
-        replay.end = start + pos
-        count += 1
-    return count
+            raise _damaged(path, pos, "its payload fails its checksum")
+        replay.apply(_entries(body, path, pos), pos)
+        pos += FRAME_SIZE + length
+        replay.end = pos
+        replay.records += 1
+
+
+def decode_record(record: bytes) -> list[Entry]:
+    """The entries of one framed record held in memory (what a test probe sees being appended)."""
+    body = record[FRAME_SIZE:]
+    return [
+        (name, None if where is None else body[where[0] - FRAME_SIZE : sum(where) - FRAME_SIZE])
+        for name, where in _entries(body, "the record", 0)
+    ]
 
 
 def replay_file(path: "os.PathLike[str] | str") -> dict[str, bytes]:
     """A journal file's live objects read whole, with no cache: for tools and checks that look at storage
-    from outside a TaskIOFile. A torn tail is ignored; damage raises as in :func:`read_records`."""
-    with open(path, "rb") as f:
-        data = f.read()
-    parse_header(data, os.fspath(path))
-    replay = Replay()
-    read_records(replay, memoryview(data)[HEADER_SIZE:], HEADER_SIZE, os.fspath(path))
-    return replay.objects
+    from outside a TaskIOFile. A torn tail is ignored; damage raises as in :func:`scan`."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        parse_header(pread_all(fd, HEADER_SIZE, 0), os.fspath(path))
+        replay = Replay()
+        scan(replay, fd, os.fstat(fd).st_size, os.fspath(path))
+        return {name: pread_all(fd, size, offset) for name, (offset, size) in replay.objects.items()}
+    finally:
+        os.close(fd)
 
 
-def _entries(body: memoryview, path: str, offset: int) -> list[Entry]:
-    entries: list[Entry] = []
+def _zeros(fd: int, pos: int, size: int) -> bool:
+    while pos < size:
+        chunk = pread_all(fd, min(_ZERO_CHUNK, size - pos), pos)
+        if not chunk or chunk.count(0) != len(chunk):
+            return not chunk
+        pos += len(chunk)
+    return True
+
+
+def _entries(body: bytes, path: str, offset: int) -> list[tuple[str, Location | None]]:
+    """A record's entries, each written object located relative to the start of the record."""
+    located: list[tuple[str, Location | None]] = []
     pos = 0
     try:
         while pos < len(body):
             name_len, kind, data_len = _ENTRY.unpack_from(body, pos)
-            pos += _ENTRY.size
-            name = bytes(body[pos : pos + name_len]).decode("utf-8")
+            pos += ENTRY_SIZE
+            name = body[pos : pos + name_len].decode("utf-8")
             pos += name_len
             if kind == _WRITE:
-                entries.append((name, bytes(body[pos : pos + data_len])))
+                located.append((name, (FRAME_SIZE + pos, data_len)))
                 pos += data_len
             elif kind == _REMOVE:
-                entries.append((name, None))
+                located.append((name, None))
             else:
                 raise ValueError(f"unknown entry kind {kind}")
         if pos != len(body):
             raise ValueError("entries overrun the record")
     except (struct.error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise _damaged(path, offset, f"its entries do not parse ({exc})") from exc
-    return entries
+    return located
 
 
 def _damaged(path: str, offset: int, what: str) -> PersistenceDataNotFoundException:
