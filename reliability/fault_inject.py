@@ -1,14 +1,18 @@
-"""Faults injected at the OS boundary of the file backend: ``os.write``, ``os.fsync``, ``os.replace``, ``os.unlink``.
+"""Faults injected at the OS boundary of the file backend: ``os.write(v)``, ``os.(fdata)sync``, ``os.replace``,
+``os.unlink``.
 
 The real functions are wrapped for the duration of one run; a call fails only if it touches the store
 folder, so the rest of the process (logging, the campaign's own files) is unaffected. The engine and
 TaskIOFile run unmodified: they see exactly what a full disk or a failing device would return.
 
 A fault names an object (``s2.stage.json``) and which write of it to hit (1 = the first, e.g. the
-RUNNING checkpoint of a stage; 2 = the COMPLETE one). Each atomic write uses its own temp file
-(``.<name>.<random>.tmp``), so writes are told apart by their temp file; the folder fsync that follows
-a rename belongs to the object just renamed. When the fault fires, the store is snapshotted first: that
-is "everything stored before the fault", checked again after the run and after the resume.
+RUNNING checkpoint of a stage; 2 = the COMPLETE one). A task's objects are appended to its folder's
+journal: a write is the n-th journal record holding the object (read from the record being written), and
+the ``fdatasync`` that follows belongs to it. The lease is a plain file replaced atomically through its
+own temp file (``.<name>.<random>.tmp``), so its writes are told apart by their temp file; the folder
+fsync that follows a rename belongs to the object just renamed. When the fault fires, the store is
+snapshotted first: that is "everything stored before the fault", checked again after the run and after
+the resume.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from airflow_checkmate.checkmate import PersistenceDataNotFoundException
+from airflow_checkmate.checkmate.io.journal import JOURNAL_NAME
+from airflow_checkmate.checkmate.io.journal_format import decode_record, replay_file
 
 #: kind -> (the call it hits, the errno it raises). ``slow-fsync`` raises nothing: it sleeps.
 KINDS: dict[str, tuple[str, int]] = {
@@ -48,16 +56,24 @@ class Fault:
     fired: int = 0
     snapshot: dict[str, bytes] | None = None  # the store when the fault fired
     _ordinals: dict[str, int] = field(default_factory=dict)
+    _appends: int = 0  # journal records holding ``target`` written so far
     _renamed: threading.local = field(default_factory=threading.local)
 
 
 def snapshot(base: Path) -> dict[str, bytes]:
-    """Every stored object under ``base`` (relative name -> bytes); temp files are listed as such."""
+    """Every stored object under ``base`` (relative name -> bytes), a journal's read from it; temp files are
+    listed as such, a journal that does not replay as ``<folder>/.~journal (damaged)`` with the error."""
     out: dict[str, bytes] = {}
     for path in sorted(base.rglob("*")):
-        if path.is_file():
+        name = path.relative_to(base).as_posix()
+        if path.name == JOURNAL_NAME:
+            try:
+                out.update({f"{path.parent.relative_to(base).as_posix()}/{n}": b for n, b in replay_file(path).items()})
+            except PersistenceDataNotFoundException as exc:
+                out[f"{name} (damaged)"] = str(exc).encode()
+        elif path.is_file():
             with contextlib.suppress(FileNotFoundError):
-                out[path.relative_to(base).as_posix()] = path.read_bytes()
+                out[name] = path.read_bytes()
     return out
 
 
@@ -72,7 +88,7 @@ def stored(objects: dict[str, bytes]) -> dict[str, bytes]:
 @contextlib.contextmanager
 def injected(fault: Fault, base: Path) -> Iterator[Fault]:
     """Wrap the os functions TaskIOFile calls so that ``fault`` hits the store under ``base``."""
-    real = {name: getattr(os, name) for name in ("write", "fsync", "replace", "unlink")}
+    real = {name: getattr(os, name) for name in ("write", "writev", "fsync", "fdatasync", "replace", "unlink")}
     call, code = KINDS[fault.kind]
     rng = random.Random(fault.seed)
     root = str(base.resolve()) + os.sep
@@ -90,6 +106,16 @@ def injected(fault: Fault, base: Path) -> Iterator[Fault]:
         if not (name.startswith(f".{fault.target}.") and name.endswith(".tmp")):
             return 0
         return fault._ordinals.setdefault(tmp_path, len(fault._ordinals) + 1)
+
+    def appended(pieces: Any) -> int:
+        """Which write of ``fault.target`` a journal record is (1, 2, ...), or 0 if it does not hold it."""
+        names = [n for n, _ in decode_record(b"".join(pieces))]
+        if fault.target not in names:
+            fault._renamed.appended = 0
+            return 0
+        fault._appends += 1
+        fault._renamed.appended = fault._appends
+        return fault._appends
 
     def fire(target_matches: bool) -> bool:
         if not target_matches:
@@ -147,7 +173,40 @@ def injected(fault: Fault, base: Path) -> Iterator[Fault]:
             raise error()
         real["unlink"](path, *args, **kwargs)
 
-    wrappers: dict[str, Callable[..., Any]] = {"write": write, "fsync": fsync, "replace": replace, "unlink": unlink}
+    def writev(fd: int, pieces: Any) -> int:
+        path = fd_path(fd)
+        if path.startswith(root):
+            which = appended(pieces) if os.path.basename(path) == JOURNAL_NAME else ordinal(path)
+            if call == "write" and fire(which == fault.occurrence):
+                if fault.kind == "half-write":
+                    payload = b"".join(pieces)
+                    real["write"](fd, payload[: len(payload) // 2])
+                raise error()
+        try:
+            return int(real["writev"](fd, pieces))
+        except OSError as exc:
+            if call == "observe" and exc.errno == code and path.startswith(root):
+                fire(True)
+            raise
+
+    def fdatasync(fd: int) -> None:
+        path = fd_path(fd)
+        if path.startswith(root):
+            if fault.kind == "slow-fsync":
+                fault.fired += 1
+                time.sleep(rng.uniform(0.05, 0.2))
+            elif call == "fsync" and fire(getattr(fault._renamed, "appended", 0) == fault.occurrence):
+                raise error()
+        real["fdatasync"](fd)
+
+    wrappers: dict[str, Callable[..., Any]] = {
+        "write": write,
+        "writev": writev,
+        "fsync": fsync,
+        "fdatasync": fdatasync,
+        "replace": replace,
+        "unlink": unlink,
+    }
     for name, wrapper in wrappers.items():
         setattr(os, name, wrapper)
     try:

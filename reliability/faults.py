@@ -12,7 +12,8 @@ few stages runs once with the fault, then once more with it gone, and the campai
   that was COMPLETE at the fault is byte-identical after the resume and never ran again;
 - the resume completes with the right result.
 
-File faults are injected at the OS boundary (see :mod:`reliability.fault_inject`), plus a real full
+File faults are injected at the OS boundary (see :mod:`reliability.fault_inject`), a torn tail and a
+flipped byte are put in a task's journal (see :mod:`reliability.fault_journal`), plus a real full
 filesystem (a 256 KiB tmpfs) when this machine lets us mount one; PostgreSQL faults are real dropped
 backends (see :mod:`reliability.fault_pg`). ``python -m reliability.faults --help`` for options.
 """
@@ -37,6 +38,9 @@ from reliability.report import Report
 COLUMNS = ("backend", "fault", "position", "fired", "outcome", "resumed ok", "stored objects intact")
 LEASE_SECONDS = 2.0  # short, so a lease a failed unbind could not remove expires within the resume's wait
 WRITE_KINDS = ("enospc-write", "half-write", "eio-fsync", "eio-replace", "eio-dirsync")
+#: Faults of a rename and the folder fsync after it: only the lease is still replaced by a rename (a task's
+#: objects are appended to its journal), so these hit the lease's writes.
+RENAME_KINDS = ("eio-replace", "eio-dirsync")
 UNCHANGED_CLAIM = "previous version is unchanged"
 
 
@@ -49,6 +53,11 @@ class Position:
     occurrence: int = 1
 
 
+def positions_for(kind: str, stages: int) -> list[Position]:
+    """The write positions a kind of fault applies to."""
+    return [LEASE_AT_BIND] if kind in RENAME_KINDS else positions(stages)
+
+
 def positions(stages: int) -> list[Position]:
     """Every write of a task run: the lease and task record at bind, each stage's two checkpoints."""
     found = [Position("bind: task.lock", "task.lock"), Position("bind: task.json", "task.json")]
@@ -59,6 +68,7 @@ def positions(stages: int) -> list[Position]:
 
 
 UNBIND = Position("unbind: lock release", "task.lock")
+LEASE_AT_BIND = Position("bind: task.lock", "task.lock")
 EVERYWHERE = Position("every fsync", "", 0)
 
 
@@ -167,7 +177,7 @@ def file_cases(report: Report, workdir: Path, stages: int, kinds: list[str], see
     fired = 0
     for kind in kinds:
         if kind in WRITE_KINDS:
-            cases = positions(stages)
+            cases = positions_for(kind, stages)
         elif kind == "eio-unlink":
             cases = [UNBIND]
         else:
@@ -178,7 +188,7 @@ def file_cases(report: Report, workdir: Path, stages: int, kinds: list[str], see
 
 
 def main(argv: list[str] | None = None) -> int:
-    from reliability import fault_pg, fault_tmpfs
+    from reliability import fault_journal, fault_pg, fault_tmpfs
     from support import pg
 
     parser = argparse.ArgumentParser(prog="python -m reliability.faults", description=__doc__.splitlines()[0])
@@ -193,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="checkmate-faults-") as tmp:
         if "file" not in args.skip:
             file_cases(report, Path(tmp), args.stages, args.kinds, args.seed)
+            fault_journal.journal_cases(report, Path(tmp), args.stages)
         if "tmpfs" not in args.skip:
             fault_tmpfs.tmpfs_cases(report, Path(tmp), args.stages)
     server = pg.server_url(args.postgres_url)

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from airflow_checkmate.checkmate import CheckMateEngine, StageStatus, TaskIOException, TaskIOFile
-from reliability import fault_pg, fault_tmpfs, faults
+from reliability import fault_journal, fault_pg, fault_tmpfs, faults
 from reliability.fault_inject import Fault, injected
 from reliability.fault_stages import expected_result, make_stages, resume
 from reliability.report import Report
+from tests.helpers.stored_objects import get_object
 
 FEW_POSITIONS = [faults.Position("bind: task.json", "task.json"), *faults.positions(2)[2:]]
 
@@ -33,9 +34,10 @@ def _assert_clean(report: Report, rows: int) -> None:
 @pytest.mark.parametrize("kind", faults.WRITE_KINDS)
 def test_write_fault_at_bind_and_each_checkpoint_errors_clearly_and_resumes(tmp_path: Path, kind: str) -> None:
     report = _report()
-    for position in FEW_POSITIONS:
+    cases = [faults.LEASE_AT_BIND] if kind in faults.RENAME_KINDS else FEW_POSITIONS
+    for position in cases:
         assert faults.file_case(report, tmp_path, kind, position, stages=2) == 1, position
-    _assert_clean(report, len(FEW_POSITIONS))
+    _assert_clean(report, len(cases))
     assert all("TaskIOException" in str(row[4]) for row in report.rows), report.render()
 
 
@@ -43,6 +45,12 @@ def test_lease_release_failing_at_unbind_errors_clearly_and_resumes(tmp_path: Pa
     report = _report()
     assert faults.file_case(report, tmp_path, "eio-unlink", faults.UNBIND, stages=2) == 1
     _assert_clean(report, 1)
+
+
+def test_torn_tail_is_ignored_and_flipped_byte_refused_by_name_in_the_journal(tmp_path: Path) -> None:
+    report = _report()
+    assert fault_journal.journal_cases(report, tmp_path, stages=2) == 2
+    _assert_clean(report, 2)
 
 
 def test_slow_disk_completes(tmp_path: Path) -> None:
@@ -95,17 +103,18 @@ def test_regression_lease_removal_io_error_is_a_taskioexception(tmp_path: Path) 
     assert resume(io, "unlink", 2, lock_timeout=faults.LEASE_SECONDS * 3) == ""
 
 
-def test_regression_folder_fsync_failure_does_not_claim_the_old_version_is_kept(tmp_path: Path) -> None:
-    """Was "its previous version is unchanged" although the rename had already put the new one in place."""
+def test_regression_sync_failure_does_not_claim_the_old_version_is_kept(tmp_path: Path) -> None:
+    """Was "its previous version is unchanged" although the new version was already in place: now the
+    journal's fdatasync after the append (a plain file's folder fsync after the rename, before)."""
     io = TaskIOFile(tmp_path)
-    with injected(Fault("eio-dirsync", "s2.stage.json", 2), tmp_path) as fault, _engine(io, "dirsync") as engine:
-        with pytest.raises(TaskIOException, match="was replaced, but syncing its folder failed") as exc:
+    with injected(Fault("eio-fsync", "s2.stage.json", 2), tmp_path) as fault, _engine(io, "dirsync") as engine:
+        with pytest.raises(TaskIOException, match="but syncing it failed") as exc:
             engine.execute()
         assert "unchanged" not in str(exc.value)
         assert engine.check_sync()  # memory holds what storage holds: the COMPLETE s2
         assert engine.stages[1].state.status is StageStatus.COMPLETE
     assert fault.fired == 1
-    assert (tmp_path / "dirsync" / "s2.stage.json").read_bytes().count(b'"COMPLETE"') >= 1
+    assert b'"COMPLETE"' in (get_object(tmp_path, "dirsync/s2.stage.json") or b"")
     with _engine(io, "dirsync") as again:
         assert again.status is StageStatus.COMPLETE
         assert again.task_result == expected_result(2)

@@ -44,6 +44,7 @@ from airflow_checkmate.checkmate import (
     TaskIO,
 )
 from airflow_checkmate.checkmate.status import check_sequence, check_transition, overall_status
+from tests.helpers.stored_objects import get_object, objects_under, put_object
 
 S = StageStatus
 ALL = list(StageStatus)
@@ -259,8 +260,8 @@ class ProbeStage(BaseStage[ProbeState]):
 
     def execute_stage(self, previous_state_copy: ProbeState) -> None:
         probe = self._probe()
-        obj = probe.base / self.engine.task_id / f"{self.stage_name}.stage.json"
-        stored = json.loads(obj.read_text())
+        raw = get_object(probe.base, f"{self.engine.task_id}/{self.stage_name}.stage.json") or b""
+        stored = json.loads(raw)
         # what storage says while the stage code runs: RUNNING, with this attempt already counted
         probe.events.append(
             ("run", self.stage_name, str(self.state.attempts), stored["status"], str(stored["attempts"]))
@@ -269,7 +270,7 @@ class ProbeStage(BaseStage[ProbeState]):
         action = plan.pop(0) if plan else "ok"
         probe.current[self.stage_name] = action
         if action == "crash":
-            probe.snapshots[self.stage_name] = obj.read_bytes()
+            probe.snapshots[self.stage_name] = raw
             raise SimulatedCrash(self.stage_name)
         if action in ("cancel_then_fail", "cancel_then_ok"):
             CheckMateEngine.request_cancel(self.engine.io, self.engine.task_id, "asked by the test")
@@ -323,18 +324,14 @@ def statuses(engine: CheckMateEngine[ProbeStage, int]) -> list[str]:
 def stored_statuses(base: Path, task_id: str = "task-1", count: int = 3) -> list[str]:
     out = []
     for i in range(1, count + 1):
-        obj = base / task_id / f"s{i}.stage.json"
-        out.append(json.loads(obj.read_text())["status"] if obj.exists() else "(none)")
+        raw = get_object(base, f"{task_id}/s{i}.stage.json")
+        out.append(json.loads(raw)["status"] if raw is not None else "(none)")
     return out
 
 
 def snapshot(base: Path) -> dict[str, bytes]:
     """Every stored object's bytes (the lock file excluded: it holds a heartbeat)."""
-    return {
-        str(p.relative_to(base)): p.read_bytes()
-        for p in sorted(base.rglob("*"))
-        if p.is_file() and p.name != "task.lock"
-    }
+    return {n: b for n, b in objects_under(base).items() if not n.endswith("/task.lock")}
 
 
 def assert_path(stage: ProbeStage, expected: list[str], resets: tuple[int, ...] = ()) -> None:
@@ -472,7 +469,7 @@ def leave_running(io: TaskIO, probe: Probe, base: Path, policy: RetryPolicy, att
     with pytest.raises(SimulatedCrash):
         engine.execute()
     engine.unbind()
-    (base / "task-1" / "s2.stage.json").write_bytes(probe.snapshots["s2"])
+    put_object(base, "task-1/s2.stage.json", probe.snapshots["s2"])
     assert stored_statuses(base) == ["COMPLETE", "RUNNING", "(none)"]
 
 
@@ -572,7 +569,7 @@ def test_cancel_of_a_running_stage_through_request_cancel(fast_io: TaskIO, probe
     assert ("saw_cancel", "s2", "True") in probe.events
     assert [e for e in probe.events if e[0] == "cancel"] == [("cancel", "s2", "1")]
     assert probe.count("rollback", "s2") == 1
-    assert not (base / "task-1" / "cancel.json").exists()
+    assert get_object(base, "task-1/cancel.json") is None
 
 
 def test_request_cancel_while_a_stage_runs_cancels_it_even_when_it_returns(fast_io: TaskIO, probe: Probe) -> None:
@@ -798,7 +795,7 @@ def write_stage(base: Path, name: str, status: str, attempts: int = 1) -> None:
     """Write a stage's stored object as the engine's storage format has it."""
     entry = StageStateHistoryEntry(status=S(status), message="written by the test", begin_ts=0, attempt=attempts)
     state = ProbeState(stage_name=name, status=S(status), attempts=attempts, history=[entry])
-    (base / "task-1" / f"{name}.stage.json").write_text(state.model_dump_json())
+    put_object(base, f"task-1/{name}.stage.json", state.model_dump_json().encode())
 
 
 def stored_task(io: TaskIO, probe: Probe) -> None:

@@ -109,8 +109,14 @@ class TaskIOFile(TaskIO):
 
     def exists(self, obj_name: str) -> bool:
         where = self._journaled(obj_name)
-        if where is not None and self._journals.has(*where):
-            return True
+        if where is not None:
+            try:
+                if self._journals.has(*where):
+                    return True
+            except PersistenceDataNotFoundException as exc:
+                raise PersistenceDataNotFoundException(
+                    f"cannot look up stored object {self._str_path(obj_name)}: {exc}"
+                ) from exc
         try:
             return stat.S_ISREG(os.stat(self._str_path(obj_name)).st_mode)
         except OSError as exc:
@@ -120,11 +126,20 @@ class TaskIOFile(TaskIO):
 
     def list(self, prefix: str) -> list[str]:
         """Names of stored objects starting with ``prefix`` (temporary files are never listed)."""
-        return sorted(name for name, _ in self._walk(prefix, read=False))
+        return sorted(name for name, _ in self._walk_named(prefix, read=False))
 
     def read_prefix(self, prefix: str) -> dict[str, bytes]:
         """A folder's journal objects come from one read of it: one checkpoint, never a mix of two."""
-        return dict(self._walk(prefix, read=True))
+        return dict(self._walk_named(prefix, read=True))
+
+    def _walk_named(self, prefix: str, *, read: bool) -> Iterator[tuple[str, bytes]]:
+        """``_walk``, its errors naming the objects asked for."""
+        try:
+            yield from self._walk(prefix, read=read)
+        except PersistenceDataNotFoundException as exc:
+            raise PersistenceDataNotFoundException(
+                f"cannot read stored objects {os.path.join(self.base, prefix)}*: {exc}"
+            ) from exc
 
     def _walk(self, prefix: str, *, read: bool) -> Iterator[tuple[str, bytes]]:
         folder, _, _ = prefix.rpartition("/")

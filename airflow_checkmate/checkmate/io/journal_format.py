@@ -147,7 +147,7 @@ def scan(replay: Replay, fd: int, size: int, path: str) -> None:
         if len(body) < length:
             break
         if zlib.crc32(body) != payload_crc:
-            raise _damaged(path, pos, "its payload fails its checksum")
+            raise _damaged(path, pos, f"its payload fails its checksum{_held(body)}")
         replay.apply(_entries(body, path, pos), pos)
         pos += FRAME_SIZE + length
         replay.end = pos
@@ -207,6 +207,15 @@ def _entries(body: bytes, path: str, offset: int) -> list[tuple[str, Location | 
     except (struct.error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise _damaged(path, offset, f"its entries do not parse ({exc})") from exc
     return located
+
+
+def _held(body: bytes) -> str:
+    """What a damaged record seems to hold, as far as its entries still parse, for the message."""
+    try:
+        names = [name for name, _ in _entries(body, "", 0)]
+    except PersistenceDataNotFoundException:
+        return ""
+    return f" (it seems to hold {', '.join(names)})" if names else ""
 
 
 def _damaged(path: str, offset: int, what: str) -> PersistenceDataNotFoundException:
