@@ -1,4 +1,4 @@
-"""The append-only journal that holds a task folder's objects: append, cheap re-reads, compaction.
+"""The append-only journal that holds a task folder's objects: appends and compaction.
 
 Every object written in a folder ``<base>/<task_id>/`` lives in the folder's journal (``.~journal``,
 hidden and never a valid object name, see ``journal_format``); one checkpoint is one record, appended
@@ -15,29 +15,25 @@ process appending at the same time, readers anywhere):
 - Compaction holds the folder's flock *exclusively*: no append is in progress. It writes the live
   objects to a temp file, fsyncs it, renames it over the journal and fsyncs the folder. A reader opens
   either the old file or the new one; both are complete, and records are never rewritten in place.
-- Readers take no lock. They stop at a torn tail (an append in progress looks like one) and remember the
-  file's identity, how far they read and where each object sits, so a poll costs one ``stat`` and a read
-  only the bytes appended since (objects are read where they sit, in the file they were found in).
+- Readers take no lock (see ``journal_read``): they stop at a torn tail, which an append in progress
+  looks like, and read objects in the file they found them in.
 """
 
 import contextlib
 import os
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from airflow_checkmate.checkmate.exceptions import TaskIOException
 from airflow_checkmate.checkmate.io import journal_format as fmt
 from airflow_checkmate.checkmate.io.file_lock import flock, folder_guard, fsync_folder
+from airflow_checkmate.checkmate.io.journal_read import JOURNAL_NAME as JOURNAL_NAME
+from airflow_checkmate.checkmate.io.journal_read import TMP_SUFFIX as TMP_SUFFIX
+from airflow_checkmate.checkmate.io.journal_read import JournalReader, Seen, stat_key
 
-JOURNAL_NAME = ".~journal"
-TMP_SUFFIX = ".tmp"
 #: A journal is compacted once it exceeds twice its live objects plus this much.
 COMPACT_SLACK = 64 * 1024
 #: A rewrite of an object with the same bytes is left out of a checkpoint up to this size (it is compared).
 _SAME_BYTES_LIMIT = 1 << 20
-_CACHE_SIZE = 256
-_RETRIES = 5
 
 Writer = Callable[[int, Sequence[bytes]], None]
 
@@ -52,62 +48,13 @@ def write_pieces(fd: int, pieces: Sequence[bytes]) -> None:
             view = view[os.write(fd, view) :]
 
 
-@dataclass
-class _Seen(fmt.Replay):
-    """A journal as last read: its incarnation, stat identity and size (past ``end`` = a torn tail)."""
-
-    ident: bytes = b""
-    key: tuple[int, int, int, int] = (0, 0, 0, 0)
-    size: int = 0
-
-
-def _key(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
-
-
-class Journals:
-    """The journals of one TaskIOFile, with what was last read of each (so re-reads are cheap)."""
+class Journals(JournalReader):
+    """The journals of one TaskIOFile: appends and compactions, on top of the reader's cache."""
 
     def __init__(self, *, durable: bool, write: Writer = write_pieces) -> None:
+        super().__init__()
         self.durable = durable
         self._write = write  # how a record is written (a test probe may fail it as a full disk would)
-        self._cache: dict[str, _Seen] = {}
-        self._mutex = threading.Lock()  # the cache is shared by the instance's threads
-
-    def read(self, folder: str, names: Sequence[str] | None = None) -> dict[str, bytes]:
-        """Live objects of the folder's journal (all, or those of ``names`` that exist), from one checkpoint."""
-        path = os.path.join(folder, JOURNAL_NAME)
-        for _ in range(_RETRIES):
-            with self._mutex:
-                seen = self._current(path)
-                if seen is None:
-                    return {}
-                objects = seen.objects
-                wanted = dict(objects) if names is None else {n: objects[n] for n in names if n in objects}
-                ident, ino = seen.ident, seen.key[1]
-            if not wanted:
-                return {}
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                if os.fstat(fd).st_ino != ino or fmt.pread_all(fd, fmt.HEADER_SIZE, 0)[-6:] != ident:
-                    continue  # compacted since: read where the objects sit now
-                return {name: fmt.pread_all(fd, size, offset) for name, (offset, size) in wanted.items()}
-            finally:
-                os.close(fd)
-        raise TaskIOException(f"journal {path} kept being replaced while it was read; try again")
-
-    def has(self, folder: str, name: str) -> bool:
-        with self._mutex:
-            seen = self._current(os.path.join(folder, JOURNAL_NAME))
-            return seen is not None and name in seen.objects
-
-    def names(self, folder: str) -> list[str]:
-        with self._mutex:
-            seen = self._current(os.path.join(folder, JOURNAL_NAME))
-            return list(seen.objects) if seen else []
 
     def append(self, folder: str, entries: Sequence[fmt.Entry], check: Callable[[], None] | None) -> int:
         """Append one checkpoint (``check`` runs first under the folder's shared flock; it raises to refuse).
@@ -139,7 +86,7 @@ class Journals:
             self.compact(folder, None)
         return len(live)
 
-    def _write_record(self, fd: int, path: str, seen: _Seen, entries: Sequence[fmt.Entry]) -> None:
+    def _write_record(self, fd: int, path: str, seen: Seen, entries: Sequence[fmt.Entry]) -> None:
         pieces, located = fmt.encode_record(entries)
         try:
             self._write(fd, pieces)
@@ -154,7 +101,7 @@ class Journals:
         seen.end += sum(len(p) for p in pieces)
         seen.records += 1
         seen.size = seen.end
-        seen.key = _key(os.fstat(fd))
+        seen.key = stat_key(os.fstat(fd))
         if self.durable:
             try:
                 os.fdatasync(fd)
@@ -198,10 +145,10 @@ class Journals:
         finally:
             guard.__exit__(None, None, None)
 
-    def _rewrite(self, folder: str, path: str, old: int, seen: _Seen) -> None:
+    def _rewrite(self, folder: str, path: str, old: int, seen: Seen) -> None:
         """Write the live objects (read one at a time from ``old``) to a new file; rename it over ``path``."""
         header = fmt.new_header()
-        fresh = _Seen(ident=header[-6:])
+        fresh = Seen(ident=header[-6:])
         tmp = os.path.join(folder, f"{JOURNAL_NAME}.{os.urandom(6).hex()}{TMP_SUFFIX}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -221,7 +168,7 @@ class Journals:
         os.close(fd)
         os.replace(tmp, path)
         fresh.size = fresh.end
-        fresh.key = _key(os.stat(path))
+        fresh.key = stat_key(os.stat(path))
         self._cache[path] = fresh
 
     @staticmethod
@@ -269,38 +216,6 @@ class Journals:
         if self.durable:
             fsync_folder(folder)
         return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
-
-    def _current(self, path: str) -> _Seen | None:
-        """The journal at ``path`` as it is now (None if absent); reads only what changed since last time."""
-        seen = self._cache.get(path)
-        try:
-            if seen is not None and seen.size == seen.end and _key(os.stat(path)) == seen.key:
-                return seen
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            self._cache.pop(path, None)
-            return None
-        try:
-            return self._refresh(path, fd)
-        finally:
-            os.close(fd)
-
-    def _refresh(self, path: str, fd: int) -> _Seen:
-        st = os.fstat(fd)
-        seen = self._cache.get(path)
-        if (
-            seen is None
-            or seen.key[:2] != (st.st_dev, st.st_ino)
-            or st.st_size < seen.end
-            or fmt.parse_header(fmt.pread_all(fd, fmt.HEADER_SIZE, 0), path) != seen.ident
-        ):
-            seen = _Seen(ident=fmt.parse_header(fmt.pread_all(fd, fmt.HEADER_SIZE, 0), path))
-            if len(self._cache) >= _CACHE_SIZE:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[path] = seen
-        fmt.scan(seen, fd, st.st_size, path)
-        seen.key, seen.size = _key(st), st.st_size
-        return seen
 
 
 def _unchanged(fd: int, seen: fmt.Replay, name: str, data: bytes | None) -> bool:
