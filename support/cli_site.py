@@ -18,6 +18,7 @@ from typing import Any
 from airflow_checkmate.checkmate import StageStatus, TaskEngineException, TaskIO, TaskRegistry, read_snapshot
 from support.managed_tasks import make
 from support.processes import ROOT, child_env
+from support.stored_objects import objects_under
 
 S = StageStatus
 CLI = [sys.executable, "-m", "airflow_checkmate.cli"]
@@ -113,7 +114,7 @@ class Site:
 
     def snapshot(self) -> tuple[Any, ...]:
         """Every stored file's bytes, every registry row and tag, and the journal."""
-        files = {str(p.relative_to(self.store)): p.read_bytes() for p in sorted(self.store.rglob("*")) if p.is_file()}
+        files = objects_under(self.store)
         with contextlib.closing(sqlite3.connect(self.db_path)) as conn:
             rows = conn.execute("SELECT * FROM checkmate_tasks ORDER BY task_id").fetchall()
             tags = conn.execute("SELECT * FROM checkmate_task_tags ORDER BY task_id, tag").fetchall()

@@ -10,6 +10,7 @@ from typing import Any
 from airflow_checkmate.operators.checkmate import derive_checkmate_task_id
 from support.airflow_env import AirflowEnv
 from support.stages import read_journal
+from support.stored_objects import get_object
 
 
 @dataclass
@@ -51,9 +52,9 @@ class Run:
         return derive_checkmate_task_id(self.dag_id, task_id, self.run_id)
 
     def stage(self, checkmate_task_id: str, stage_name: str) -> dict[str, Any]:
-        path = self.env.state_dir / checkmate_task_id / f"{stage_name}.stage.json"
-        assert path.is_file(), f"nothing stored for stage {stage_name} of {checkmate_task_id}\n{self.tail()}"
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
+        raw = get_object(self.env.state_dir, f"{checkmate_task_id}/{stage_name}.stage.json")
+        assert raw is not None, f"nothing stored for stage {stage_name} of {checkmate_task_id}\n{self.tail()}"
+        return json.loads(raw)  # type: ignore[no-any-return]
 
 
 def dags_test(env: AirflowEnv, out: Path, dag_id: str, *args: str) -> Run:

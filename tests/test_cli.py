@@ -26,6 +26,7 @@ from airflow_checkmate.checkmate.lease import HOST
 from support.cli_site import ALLOW, CLI, SCRIPT, S, Site, clean_env, conn_json, explain, run_all
 from support.managed_tasks import events, make, make_stages
 from support.processes import S3_CONN_ID, start_python
+from support.stored_objects import get_object
 
 
 @pytest.fixture
@@ -293,7 +294,7 @@ def test_clean_and_reset(site: Site) -> None:
     (real,) = site.run(["clean", "--no-dry-run", "--json"])
     assert real.returncode == 0, explain(real)
     assert [(o["task_id"], o["done"]) for o in json.loads(real.stdout)] == [("done", True)]
-    assert not (site.store / "done").exists() and (site.store / "failed" / "task.json").exists()
+    assert not (site.store / "done").exists() and get_object(site.store, "failed/task.json") is not None
     listed, with_cleaned, reset = site.run(
         ["list", "--json"], ["list", "--include-cleaned"], [*ALLOW, "reset", "failed"]
     )

@@ -19,6 +19,7 @@ import pytest
 
 from airflow_checkmate.operators.checkmate import derive_checkmate_task_id
 from support.airflow_env import EXAMPLES, LOGICAL_DATE, AirflowEnv, tail
+from support.stored_objects import get_object
 
 DAGBAG_CHECK = r"""
 import json, sys, warnings
@@ -69,13 +70,13 @@ def run_example(env: AirflowEnv, dag_id: str, *args: str) -> tuple[subprocess.Co
 
 
 def stored_stage(env: AirflowEnv, task_id: str, stage_name: str) -> dict[str, Any]:
-    path = env.state_dir / task_id / f"{stage_name}.stage.json"
-    assert path.is_file(), f"no stored state for stage {stage_name!r} of CheckMate task {task_id!r} at {path}"
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    raw = get_object(env.state_dir, f"{task_id}/{stage_name}.stage.json")
+    assert raw is not None, f"no stored state for stage {stage_name!r} of CheckMate task {task_id!r} in {env.state_dir}"
+    return json.loads(raw)  # type: ignore[no-any-return]
 
 
 def stored_task(env: AirflowEnv, task_id: str) -> dict[str, Any]:
-    return json.loads((env.state_dir / task_id / "task.json").read_text())  # type: ignore[no-any-return]
+    return json.loads(get_object(env.state_dir, f"{task_id}/task.json") or b"")  # type: ignore[no-any-return]
 
 
 def statuses(stage: dict[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ from airflow.sdk.log import redact
 from airflow_checkmate.checkmate import TaskIOFile
 from airflow_checkmate.checkmate.io import base as io_base
 from airflow_checkmate.hooks.checkmate import CheckMateHook, default_home
+from tests.helpers.stored_objects import get_object
 
 
 class UserinfoTaskIOFile(TaskIOFile):
@@ -75,7 +76,7 @@ def test_connection_from_env_var_gives_file_storage(
     assert io.lease_seconds == io_base.DEFAULT_LEASE_SECONDS
     assert io.durable is True
     io.write("t1/task.json", '{"a": 1}')
-    assert (store / "t1" / "task.json").read_text() == '{"a": 1}'
+    assert get_object(store, "t1/task.json") == b'{"a": 1}'
     assert hook.io is io
 
 

@@ -24,6 +24,7 @@ from airflow_checkmate.operators.checkmate import derive_checkmate_task_id
 from support.airflow_env import AIRFLOW, AirflowEnv
 from support.dags_test import dags_test
 from support.stages import expected_result, read_journal
+from support.stored_objects import get_object
 
 DAGS = Path(__file__).resolve().parent / "dags_identity"
 DATE_1, DATE_2 = "2026-03-01T00:00:00+00:00", "2026-03-02T00:00:00+00:00"
@@ -53,7 +54,7 @@ def states(env: AirflowEnv, dag_id: str, run_id: str) -> dict[str, str]:
 
 
 def stored(env: AirflowEnv, task_id: str, name: str) -> dict[str, Any]:
-    return json.loads((env.state_dir / task_id / name).read_text())  # type: ignore[no-any-return]
+    return json.loads(get_object(env.state_dir, f"{task_id}/{name}") or b"")  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------------------------ point 1

@@ -19,6 +19,7 @@ import pytest
 from airflow_checkmate.operators.checkmate import derive_checkmate_task_id
 from support.airflow_env import AirflowEnv
 from support.stages import start_counts
+from support.stored_objects import get_object
 
 DAGS = Path(__file__).resolve().parent / "dags_liveness"
 WARNING = "CheckMate keeps this task's state in files on this machine"
@@ -70,7 +71,7 @@ def test_a_newer_try_takes_over_the_lease_of_a_dead_try_on_another_worker(
     assert states(env, run_id) == {"plant_leases": "success", "newer_try": "success", "other_run": "failed"}
     assert start_counts(out / "liveness.newer_try.journal") == {"s1": 1, "s2": 1}
     task_dir = env.state_dir / derive_checkmate_task_id("liveness", "newer_try", run_id)
-    stored = json.loads((task_dir / "task.json").read_text())
+    stored = json.loads(get_object(env.state_dir, f"{task_dir.name}/task.json") or b"")
     takeovers = [e["message"] for e in stored["history"] if e["event"] == "lock takeover"]
     assert len(takeovers) == 1 and takeovers[0].startswith("try 2 took over at once from try 1"), takeovers
 

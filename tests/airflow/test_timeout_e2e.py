@@ -12,6 +12,7 @@ import pytest
 
 from support.airflow_env import AirflowEnv
 from support.stages import expected_result, read_journal
+from support.stored_objects import get_object
 
 DAGS = Path(__file__).resolve().parent / "dags_timeout"
 
@@ -28,9 +29,9 @@ def test_execution_timeout_then_retry_resumes_at_the_timed_out_stage(airflow_env
     starts = [w[1] for w in read_journal(journal) if w[0] == "start"]
     assert starts == ["s1", "s2", "s2", "s3"], starts  # s1 did not run again; s2 ran again after the timeout
     (task_dir,) = [p for p in env.state_dir.iterdir() if p.name.startswith("timeout_resume.etl.")]
-    s2 = json.loads((task_dir / "s2.stage.json").read_text())
+    s2 = json.loads(get_object(env.state_dir, f"{task_dir.name}/s2.stage.json") or b"")
     assert [h["status"] for h in s2["history"]] == ["RUNNING", "RETRY", "RUNNING", "COMPLETE"]
     assert "AirflowTaskTimeout" in s2["history"][1]["message"]
-    s3 = json.loads((task_dir / "s3.stage.json").read_text())
+    s3 = json.loads(get_object(env.state_dir, f"{task_dir.name}/s3.stage.json") or b"")
     assert s3["status"] == "COMPLETE" and s3["result"] == expected_result(3)
     assert not (task_dir / "task.lock").exists()

@@ -28,6 +28,7 @@ from airflow_checkmate.checkmate import (
 from airflow_checkmate.checkmate.io import base as io_base
 from airflow_checkmate.triggers.checkmate import CheckMateTrigger
 from support.stages import CounterState, JournalStage, expected_result, make_stages, read_journal
+from support.stored_objects import get_object, put_object
 
 CONN = "cm_trigger"
 POLL = 0.02
@@ -149,11 +150,11 @@ def test_canceled_task_fires_canceled(store: Path) -> None:
 def test_corrupt_task_json_fires_failed_and_leaves_it(store: Path) -> None:
     folder = store / "t-corrupt"
     folder.mkdir(parents=True)
-    (folder / "task.json").write_text("{not json")
+    put_object(folder.parent, f"{folder.name}/task.json", b"{not json")
     payload = only_event(CheckMateTrigger("t-corrupt", CONN, POLL))
     assert payload["status"] == "failed"
     assert "task.json" in payload["message"]
-    assert (folder / "task.json").read_text() == "{not json"
+    assert get_object(folder.parent, f"{folder.name}/task.json") == b"{not json"
 
 
 def test_undefined_connection_fires_failed_naming_it(store: Path) -> None:
