@@ -26,7 +26,7 @@ from airflow.sdk.log import redact
 from airflow_checkmate.checkmate import TaskIOFile
 from airflow_checkmate.checkmate.io import base as io_base
 from airflow_checkmate.hooks.checkmate import CheckMateHook, default_home
-from tests.helpers.stored_objects import get_object
+from support.stored_objects import get_object
 
 
 class UserinfoTaskIOFile(TaskIOFile):

@@ -17,7 +17,7 @@ from reliability import fault_journal, fault_pg, fault_tmpfs, faults
 from reliability.fault_inject import Fault, injected
 from reliability.fault_stages import expected_result, make_stages, resume
 from reliability.report import Report
-from tests.helpers.stored_objects import get_object
+from support.stored_objects import get_object
 
 FEW_POSITIONS = [faults.Position("bind: task.json", "task.json"), *faults.positions(2)[2:]]
 

@@ -44,7 +44,7 @@ from airflow_checkmate.checkmate import (
     TaskIO,
 )
 from airflow_checkmate.checkmate.status import check_sequence, check_transition, overall_status
-from tests.helpers.stored_objects import get_object, objects_under, put_object
+from support.stored_objects import get_object, objects_under, put_object
 
 S = StageStatus
 ALL = list(StageStatus)
