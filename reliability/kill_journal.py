@@ -96,7 +96,8 @@ def _aim(proc: subprocess.Popen[bytes], target: str, folder: Path, rng: random.R
         if target == "append" and (sample == "append" or tail.torn()):
             sample = sample or "append (torn tail seen)"
             break
-    os.kill(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     return sample or "none"
 
