@@ -4,9 +4,12 @@ Each task (7 journal stages, ``support.run_task``) is run by a child process tha
 seeded random delay, over and over (16 kills a task), then let finish. Odd tasks end every run with
 ``unbind(clean=True)``, so kills also land in cleanups. Kills land while binding, mid-stage, mid-write
 (stage code done, COMPLETE not yet persisted), between stages, in unbind and in cleanup; the delays are
-scaled to this machine's measured start, write and unbind times. After every kill the campaign reads the
-storage around the engine (:mod:`reliability.kill_store`) and checks (:mod:`reliability.kill_check`,
-:mod:`reliability.kill_task`):
+scaled to this machine's measured start, write and unbind times. On files, some kills are aimed at the
+task journal's own work (an append, its fdatasync, a compaction: :mod:`reliability.kill_aim`); the table
+says how many landed there, sampled from ``/proc`` at the kill, and what they left (a torn tail, a
+compaction's temp file). ``reliability.kill_journal`` aims every kill there, with large records.
+After every kill the campaign reads the storage around the engine (:mod:`reliability.kill_store`) and
+checks (:mod:`reliability.kill_check`, :mod:`reliability.kill_task`):
 
 - every stored object parses and they form a valid checkpoint (violation: *corrupt objects*);
 - a stage seen persisted COMPLETE never starts again (*completed stages re-executed*) and never vanishes
