@@ -47,7 +47,15 @@ from support.stages import read_journal
 
 KILLS_PER_TASK = 16
 #: Where kills landed in the file journal's work (sampled at the kill; left behind): see reliability.kill_landing.
-JOURNAL_WORK = ("in append", "in fdatasync", "in compaction", "left torn tail", "left compaction temp")
+JOURNAL_WORK = (
+    "in append",
+    "in fdatasync",
+    "in compaction",
+    "in creation",
+    "left torn tail",
+    "left compaction temp",
+    "left creation temp",
+)
 LEASE_SECONDS = 30.0  # run_task's default lease
 
 

@@ -63,7 +63,8 @@ def kill_at_random(
     if r < 0.15:
         proc.join(rng.uniform(0.001, t.startup))
     elif r < 0.3:
-        if wait_for_line(jpath, offset, "end", proc, 30):
+        # At once for half of them: the file journal's COMPLETE append follows the stage's return closely.
+        if wait_for_line(jpath, offset, "end", proc, 30) and rng.random() < 0.5:
             time.sleep(rng.uniform(0.0, 0.5 * t.per_stage))
     elif r < 0.75:
         proc.join(t.startup + rng.uniform(0.0, 0.8 * remaining * (sleep + t.per_stage)))

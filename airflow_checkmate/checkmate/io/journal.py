@@ -149,7 +149,7 @@ class Journals(JournalReader):
         """Write the live objects (read one at a time from ``old``) to a new file; rename it over ``path``."""
         header = fmt.new_header()
         fresh = Seen(ident=header[-6:])
-        tmp = os.path.join(folder, f"{JOURNAL_NAME}.{os.urandom(6).hex()}{TMP_SUFFIX}")
+        tmp = os.path.join(folder, f"{JOURNAL_NAME}.compact.{os.urandom(6).hex()}{TMP_SUFFIX}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             write_pieces(fd, [header])
@@ -199,7 +199,7 @@ class Journals(JournalReader):
         except FileNotFoundError:
             if not create:
                 return None
-        tmp = os.path.join(folder, f"{JOURNAL_NAME}.{os.urandom(6).hex()}{TMP_SUFFIX}")
+        tmp = os.path.join(folder, f"{JOURNAL_NAME}.new.{os.urandom(6).hex()}{TMP_SUFFIX}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             write_pieces(fd, [fmt.new_header()])
