@@ -34,6 +34,7 @@ from airflow_checkmate.checkmate.lease import HOST
 from airflow_checkmate.checkmate.registry_schema import SCHEMA_VERSION
 from airflow_checkmate.checkmate.service import CheckMateService, TaskNotFound
 from support.managed_tasks import FACTORY, PROBES, build, events, make
+from support.stored_objects import get_object
 
 S = StageStatus
 ALLOWED = ["support.managed_tasks.*"]
@@ -168,7 +169,7 @@ def test_file_storage_with_sqlite_registry(tmp_path: Path) -> None:
     registry = TaskRegistry(db)
     row = registry.get("filetask")
     assert row is not None and row.base_url == f"file://{store.resolve()}" and row.status is S.RETRY
-    assert (store / "filetask" / "task.json").is_file()
+    assert get_object(store, "filetask/task.json") is not None
     service = CheckMateService(registry, None, ALLOWED)  # no configured storage: the row's base URL is used
     details = service.show("filetask")
     assert details.snapshot is not None and details.snapshot.status is S.RETRY and details.lease is None
