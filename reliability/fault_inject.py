@@ -131,18 +131,24 @@ def injected(fault: Fault, base: Path) -> Iterator[Fault]:
     def error() -> OSError:
         return OSError(code, os.strerror(code))
 
-    def write(fd: int, data: Any) -> int:
+    def written(fd: int, payload: bytes, which: int, real_call: Callable[[], Any]) -> int:
+        """A write of ``payload`` (the ``which``-th of the target): faulted, or done by ``real_call``."""
         path = fd_path(fd)
-        if call == "write" and path.startswith(root) and fire(ordinal(path) == fault.occurrence):
+        if call == "write" and path.startswith(root) and fire(which == fault.occurrence):
             if fault.kind == "half-write":
-                real["write"](fd, bytes(data)[: len(data) // 2])
+                real["write"](fd, payload[: len(payload) // 2])
             raise error()
         try:
-            return int(real["write"](fd, data))
+            return int(real_call())
         except OSError as exc:
             if call == "observe" and exc.errno == code and path.startswith(root):
                 fire(True)
             raise
+
+    def write(fd: int, data: Any) -> int:
+        path = fd_path(fd)
+        which = ordinal(path) if path.startswith(root) else 0
+        return written(fd, bytes(data), which, lambda: real["write"](fd, data))
 
     def fsync(fd: int) -> None:
         path = fd_path(fd)
@@ -175,19 +181,9 @@ def injected(fault: Fault, base: Path) -> Iterator[Fault]:
 
     def writev(fd: int, pieces: Any) -> int:
         path = fd_path(fd)
-        if path.startswith(root):
-            which = appended(pieces) if os.path.basename(path) == JOURNAL_NAME else ordinal(path)
-            if call == "write" and fire(which == fault.occurrence):
-                if fault.kind == "half-write":
-                    payload = b"".join(pieces)
-                    real["write"](fd, payload[: len(payload) // 2])
-                raise error()
-        try:
-            return int(real["writev"](fd, pieces))
-        except OSError as exc:
-            if call == "observe" and exc.errno == code and path.startswith(root):
-                fire(True)
-            raise
+        journal = path.startswith(root) and os.path.basename(path) == JOURNAL_NAME
+        which = appended(pieces) if journal else ordinal(path) if path.startswith(root) else 0
+        return written(fd, b"".join(pieces), which, lambda: real["writev"](fd, pieces))
 
     def fdatasync(fd: int) -> None:
         path = fd_path(fd)
