@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_checkmate.checkmate import BindException, CheckMateEngine, StageStatus, TaskEngineException
 from airflow_checkmate.checkmate.identity import stored_owner
+from airflow_checkmate.checkmate.status import FINISHED_STATUSES
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -55,7 +56,7 @@ def cancel_checkmate_task(context: Context) -> None:
         log.warning("CheckMate task %s was not canceled: %s", engine.task_id, exc)
         return
     try:
-        if engine.status in (StageStatus.COMPLETE, StageStatus.CANCELED):
+        if engine.status in FINISHED_STATUSES:
             log.info("CheckMate task %s is %s: nothing to cancel", engine.task_id, engine.status)
             return
         if engine.status is StageStatus.ERROR:

@@ -8,16 +8,22 @@ from pydantic import ValidationError
 from typing_extensions import Self
 
 from airflow_checkmate.checkmate import names
-from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, EngineCore, S, _comparable_class_path, _json
+from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, EngineCore, S
 from airflow_checkmate.checkmate.exceptions import (
     PersistenceDataNotFoundException,
     TaskEngineException,
     UnparsableStageState,
 )
-from airflow_checkmate.checkmate.identity import check_definition, check_owner, inputs_fingerprint, way_out
-from airflow_checkmate.checkmate.io.base import Fence, TaskIO
+from airflow_checkmate.checkmate.identity import (
+    check_definition,
+    check_owner,
+    comparable_class_path,
+    inputs_fingerprint,
+    way_out,
+)
 from airflow_checkmate.checkmate.lease import LeaseRecord, acquire
-from airflow_checkmate.checkmate.models import TASK_SCHEMA_VERSION, TaskEngineState, TaskEvent
+from airflow_checkmate.checkmate.models import TaskEngineState, TaskEvent
+from airflow_checkmate.checkmate.store import StoredTask
 
 log = logging.getLogger("airflow_checkmate.checkmate.engine")
 
@@ -51,8 +57,7 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
         if len(set(stage_names)) != len(stage_names):
             dupes = sorted({n for n in stage_names if stage_names.count(n) > 1})
             raise TaskEngineException(f"stage names must be unique; repeated: {', '.join(dupes)}")
-        task_obj = names.task_obj_name(self.task_id)
-        if self.force_create and self.io.exists(task_obj):
+        if self.force_create and self.store.exists():
             raise self._exists_error()
         taken_over: LeaseRecord | None = None
         if not self.no_lock:
@@ -61,8 +66,8 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
             )
         try:
             self._cancel_event.clear()
-            stored = set(self.io.list(names.task_prefix(self.task_id)))
-            self._load_task_state(stored, taken_over)
+            stored = self.store.load()  # one pass over the task's objects
+            stored = self._load_task_state(stored, taken_over)
             self._load_stages(stored)
             status = self.status  # validates the loaded sequence
         except BaseException:
@@ -79,45 +84,38 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
     def _exists_error(self) -> TaskEngineException:
         return TaskEngineException(
             f"force_create: task {self.task_id!r} already has stored state at "
-            f"{self.io.build_url(names.task_obj_name(self.task_id))}; nothing was changed. Use a new task "
+            f"{self.store.url(self.store.task_obj)}; nothing was changed. Use a new task "
             "id, or bind without force_create to resume it"
         )
 
-    def _load_task_state(self, stored: set[str], taken_over: LeaseRecord | None) -> None:
-        task_obj = names.task_obj_name(self.task_id)
+    def _load_task_state(self, stored: StoredTask, taken_over: LeaseRecord | None) -> StoredTask:
+        """Adopt the stored record (or create one); return what is stored once a dead cleaning is finished."""
         fresh = self._fresh_task_state()
         fresh.owner = dict(self.task_owner)
         # A binder that declares no inputs (a tool rebuilding the task, a plain engine) is not compared on them
         fresh.inputs_fingerprint = inputs_fingerprint(self.inputs) if self.inputs else None
         sharing = False
-        if task_obj in stored:
+        record = stored.record
+        if record is not None:
             if self.force_create:
                 raise self._exists_error()
-            record = self._parse(task_obj, TaskEngineState, self.io.read_bytes(task_obj))
-            if record.schema_version != TASK_SCHEMA_VERSION:
-                raise PersistenceDataNotFoundException(
-                    f"stored object {self.io.build_url(task_obj)} has schema version {record.schema_version}; "
-                    f"this version of CheckMate reads version {TASK_SCHEMA_VERSION}. It was left in place: use "
-                    "the CheckMate version that wrote it"
-                )
             if record.cleaning:
                 log.warning("task %s was being cleaned when its last holder died; finishing that", self.task_id)
-                self._remove_stored(record, stored)
-                stored.clear()
+                self.store.remove(record, self._fence)
+                stored = StoredTask(None)
             else:
                 sharing = self._check_same_task(record, fresh)
                 record.stage_templates = fresh.stage_templates
                 self.task_state = record
-        else:
-            leftovers = sorted(n for n in stored if n.endswith(names.STAGE_SUFFIX))
-            if leftovers:
-                raise PersistenceDataNotFoundException(
-                    f"task {self.task_id!r} has stage objects but no {names.TASK_OBJECT}: {leftovers[:5]}; "
-                    "they were left in place. Inspect and remove them, or use another task id"
-                )
-        changed = self._adopt_definition(fresh) if task_obj in stored else True
+        elif stored.orphans:
+            raise PersistenceDataNotFoundException(
+                f"task {self.task_id!r} has stage objects but no task record: {stored.orphans[:5]}; they were "
+                "left in place. Inspect and remove them, or use another task id"
+            )
+        task_stored = stored.record is not None
+        changed = self._adopt_definition(fresh) if task_stored else True
         changed = changed or taken_over is not None
-        if task_obj not in stored:
+        if not task_stored:
             self.task_state = fresh
             self.task_state.history.append(TaskEvent(event="created", message=f"{len(fresh.stage_names)} stages"))
         if sharing:  # the record keeps the owner (and labels) of the run that created it
@@ -139,16 +137,17 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
             )
         if changed:
             self._write_task_state()
+        return stored
 
     def _check_same_task(self, record: TaskEngineState[Any], fresh: TaskEngineState[Any]) -> bool:
         """Refuse another owner (unless shared) or another definition; True when sharing another's task."""
         if record.task_id != self.task_id:
             raise TaskEngineException(
-                f"stored object {self.io.build_url(names.task_obj_name(self.task_id))} names task "
+                f"stored object {self.store.url(self.store.task_obj)} names task "
                 f"{record.task_id!r}, not {self.task_id!r}; it was left in place"
             )
         sharing = check_owner(record, fresh.owner, self.shared)
-        check_definition(record, fresh, _comparable_class_path)
+        check_definition(record, fresh, comparable_class_path)
         return sharing
 
     def _adopt_definition(self, fresh: TaskEngineState[Any]) -> bool:
@@ -168,7 +167,7 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
             record.stage_fingerprints = record.stage_fingerprints[:keep] + fresh.stage_fingerprints[keep:]
             record.redefine_from = None
             changed = True
-        if record.inputs_fingerprint is None:
+        if record.inputs_fingerprint is None and fresh.inputs_fingerprint is not None:
             record.inputs_fingerprint = fresh.inputs_fingerprint
             changed = True
         if not record.owner and fresh.owner:
@@ -176,11 +175,12 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
             changed = True
         return changed
 
-    def _load_stages(self, stored: set[str]) -> None:
+    def _load_stages(self, stored: StoredTask) -> None:
         for stage in self.task_state.stage_templates:
             stage.bind_to_engine(self)
+            raw = stored.stages.get(stage.stage_name)
             try:
-                state = self.read_stored_state(stage) if stage.obj_name in stored else None
+                state = self.parse_stage(stage, raw) if raw is not None else None
             except PersistenceDataNotFoundException as exc:
                 if not isinstance(exc.__cause__, ValidationError):
                     raise
@@ -206,7 +206,9 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
             if keeper is not None:
                 keeper.stop()
             if clean:
-                self._remove_stored(self.task_state, set(self.io.list(names.task_prefix(self.task_id))))
+                self.store.remove(self.task_state, self._fence)
+            elif keeper is not None and not keeper.lost.is_set() and not self._desynced:  # only under the lease
+                self._compact()
         finally:
             self._bound = False
             self._keeper = None
@@ -214,7 +216,7 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
             if keeper is not None:
                 keeper.release()
             if clean:
-                self.io.prune(names.task_prefix(self.task_id))
+                self.store.prune()
         log.info("unbound task %s%s", self.task_id, " and removed its stored state" if clean else "")
 
     @property
@@ -231,18 +233,9 @@ class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
         self.task_state = self._fresh_task_state()
         self._desynced = ""
 
-    def _remove_stored(self, record: TaskEngineState[Any], stored: set[str]) -> None:
-        remove_stored(self.io, self.task_id, record, stored, self._fence)
-
-
-def remove_stored(
-    io: TaskIO, task_id: str, record: TaskEngineState[Any] | None, stored: set[str], fence: Fence | None
-) -> None:
-    """Remove a task's objects but its lease; ``cleaning`` is persisted first so a crash mid-way is finished later."""
-    task_obj, lock_obj = names.task_obj_name(task_id), names.lock_obj_name(task_id)
-    if task_obj in stored and record is not None:
-        record.cleaning = True
-        io.write(task_obj, _json(record), fence=fence)
-    for obj in sorted(stored - {task_obj, lock_obj}):
-        io.remove(obj, fence=fence)
-    io.remove(task_obj, fence=fence)
+    def _compact(self) -> None:
+        """Shrink the task's stored checkpoints to its live objects while the lease is still held."""
+        try:
+            self.store.compact(self._fence)
+        except Exception:  # the journal is compacted again at the next unbind, or when it grows past its bound
+            log.warning("could not compact the stored state of task %s", self.task_id, exc_info=True)

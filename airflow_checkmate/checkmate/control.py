@@ -4,12 +4,12 @@ import logging
 import time
 from typing import Any
 
-from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, EngineCore, S
 from airflow_checkmate.checkmate.exceptions import TaskEngineException
 from airflow_checkmate.checkmate.io.base import TaskIO
 from airflow_checkmate.checkmate.stage import BaseStage
-from airflow_checkmate.checkmate.status import StageStatus
+from airflow_checkmate.checkmate.status import STOPPED_STATUSES, TERMINAL_STATUSES, StageStatus
+from airflow_checkmate.checkmate.store import TaskStore
 
 log = logging.getLogger("airflow_checkmate.checkmate.engine")
 
@@ -23,7 +23,7 @@ class ControlMixin(EngineCore[STAGE, STAGE_RESULT]):
         Checking the object too means a flag raised just before a cancel removed it is not honoured twice.
         """
         self._poll_cancel()
-        if self._cancel_event.is_set() and not self.io.exists(names.cancel_obj_name(self.task_id)):
+        if self._cancel_event.is_set() and not self.store.cancel_requested():
             self._cancel_event.clear()
         return self._cancel_event.is_set()
 
@@ -39,11 +39,12 @@ class ControlMixin(EngineCore[STAGE, STAGE_RESULT]):
         """
         self._require_bound()
         status = self.status
-        if status in (S.COMPLETE, S.ERROR, S.CANCELED):
+        if status in TERMINAL_STATUSES:
             raise TaskEngineException(f"cannot cancel task {self.task_id!r}: it is already {status}")
-        self._cancel_from(self._first_incomplete(), reason or "canceled")
+        self._cancel_from(self.first_incomplete(), reason or "canceled")
 
     def _cancel_from(self, index: int, message: str) -> None:
+        """Cancel stage ``index`` and every later one, the request withdrawn and the event recorded: one checkpoint."""
         stages = self.task_state.stage_templates
         if self._fence is not None:
             self.io.check_fence(self._fence)  # cleanup has effects outside storage: not for a lost lease
@@ -55,12 +56,12 @@ class ControlMixin(EngineCore[STAGE, STAGE_RESULT]):
         except Exception as exc:
             log.exception("cancel() cleanup of stage %r failed", first.stage_name)
             note = f"; cancel() cleanup failed: {type(exc).__name__}: {exc}"
-        first.update_status(message + note, S.CANCELED, begin, time.time())
-        for stage in stages[index + 1 :]:
-            stage.update_status(f"canceled with the task ({message})", S.CANCELED, begin, time.time())
-        self.io.remove(names.cancel_obj_name(self.task_id), fence=self._fence)
+        with self.deferred():
+            first.update_status(message + note, S.CANCELED, begin, time.time())
+            for stage in stages[index + 1 :]:
+                stage.update_status(f"canceled with the task ({message})", S.CANCELED, begin, time.time())
+        self._record_event("canceled", f"at stage {first.stage_name!r}: {message}{note}", self.store.cancel_removal())
         self._cancel_event.clear()
-        self._record_event("canceled", f"at stage {first.stage_name!r}: {message}{note}")
         log.warning("task %s canceled at stage %r: %s", self.task_id, first.stage_name, message)
 
     def reset(self, stage_name: str | None = None) -> None:
@@ -76,10 +77,10 @@ class ControlMixin(EngineCore[STAGE, STAGE_RESULT]):
         """
         self._require_bound()
         stages = self.task_state.stage_templates
-        frontier = self._first_incomplete()
+        frontier = self.first_incomplete()
         now = time.time()
         if stage_name is None:
-            index = next((i for i, s in enumerate(stages) if s.state.status in (S.ERROR, S.CANCELED)), None)
+            index = next((i for i, s in enumerate(stages) if s.state.status in STOPPED_STATUSES), None)
             if index is None:
                 raise TaskEngineException(
                     f"task {self.task_id!r} is {self.status}: no ERROR or CANCELED stage to reset; pass "
@@ -99,11 +100,11 @@ class ControlMixin(EngineCore[STAGE, STAGE_RESULT]):
                     f"Restart from {stages[frontier].stage_name!r} or earlier, or call reset()"
                 )
             plan = [(stage, S.CREATED, f"restart from stage {stage_name!r}") for stage in stages[index:]]
-        for stage, status, message in reversed(plan):
-            self._reset_stage(stage, status, message, now, keep_state=stage_name is None)
-        self.io.remove(names.cancel_obj_name(self.task_id), fence=self._fence)
+        with self.deferred():  # one checkpoint, stages back to front: every prefix of it is a valid task
+            for stage, status, message in reversed(plan):
+                self._reset_stage(stage, status, message, now, keep_state=stage_name is None)
+        self._record_event("reset", f"from stage {stages[index].stage_name!r}", self.store.cancel_removal())
         self._cancel_event.clear()
-        self._record_event("reset", f"from stage {stages[index].stage_name!r}")
         log.warning("task %s reset from stage %r", self.task_id, stages[index].stage_name)
 
     def _reset_stage(
@@ -116,7 +117,7 @@ class ControlMixin(EngineCore[STAGE, STAGE_RESULT]):
             stage.state = self.fresh_state(stage.stage_name)
             stage.state.status, stage.state.history = old.status, old.history
         stage.state.attempts = 0
-        stage._change(f"{message} (was {old.status}, {old.attempts} attempt(s))", status, now, now, reset=True)
+        stage.update_status(f"{message} (was {old.status}, {old.attempts} attempt(s))", status, now, now, reset=True)
 
     @staticmethod
     def request_cancel(io: TaskIO, task_id: str, reason: str = "") -> None:
@@ -125,7 +126,4 @@ class ControlMixin(EngineCore[STAGE, STAGE_RESULT]):
         Needs no lock: it only writes the task's cancel request; the holder does the cancel and runs
         the stage's ``cancel()`` cleanup.
         """
-        names.validate_task_id(task_id)
-        if not io.exists(names.task_obj_name(task_id)):
-            raise TaskEngineException(f"no stored task {task_id!r} at {io.base_url}; nothing to cancel")
-        io.write(names.cancel_obj_name(task_id), reason or "requested")
+        TaskStore(io, task_id).request_cancel(reason)

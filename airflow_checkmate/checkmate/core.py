@@ -4,29 +4,25 @@ The engine class is assembled from this core, binding (bind/unbind and loading s
 control (cancel and reset) and execution; each module holds one of those concerns.
 """
 
+import contextlib
 import logging
-import sys
 import threading
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any, Generic, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.exceptions import (
     LeaseLostException,
-    PersistenceDataNotFoundException,
     TaskEngineException,
 )
-from airflow_checkmate.checkmate.identity import stage_fingerprint
+from airflow_checkmate.checkmate.identity import stage_fingerprint, string_from_callable
 from airflow_checkmate.checkmate.io.base import Fence, TaskIO
 from airflow_checkmate.checkmate.lease import LeaseKeeper, LeaseRecord
-from airflow_checkmate.checkmate.models import BaseStageState, StageStateHistoryEntry, TaskEngineState, TaskEvent
+from airflow_checkmate.checkmate.models import BaseStageState, TaskEngineState, TaskEvent
 from airflow_checkmate.checkmate.policy import AttemptPolicy, RetryPolicy
-from airflow_checkmate.checkmate.stage import BaseStage
+from airflow_checkmate.checkmate.stage import BaseStage, check_template
 from airflow_checkmate.checkmate.status import StageStatus, check_sequence, overall_status
+from airflow_checkmate.checkmate.store import TaskStore, Write
 
 log = logging.getLogger("airflow_checkmate.checkmate.engine")
 
@@ -34,38 +30,6 @@ STAGE = TypeVar("STAGE", bound=BaseStage[Any])
 STAGE_RESULT = TypeVar("STAGE_RESULT")
 
 S = StageStatus
-
-
-def string_from_callable(obj: object) -> str:
-    """``module.QualName`` of a class (or of an instance's class).
-
-    A class of the script being run (``__main__``, e.g. ``python dag.py`` calling ``dag.test()``) is
-    named by the script's module name, as Airflow's own runs of the same file name it.
-    """
-    cls = obj if isinstance(obj, type) else type(obj)
-    module = cls.__module__
-    if module == "__main__":
-        main = sys.modules.get("__main__")
-        spec = getattr(main, "__spec__", None)
-        file = getattr(main, "__file__", None)
-        if spec is not None and spec.name and spec.name != "__main__":
-            module = spec.name
-        elif file:
-            module = Path(file).stem
-    return f"{module}.{cls.__qualname__}"
-
-
-def _json(model: BaseModel) -> bytes:
-    """The model as JSON bytes, serialised once (no intermediate str: a large state is not copied again)."""
-    return model.__pydantic_serializer__.to_json(model)
-
-
-def _comparable_class_path(path: str) -> str:
-    """Drop the per-path prefix Airflow gives modules of DAG files, so a moved DAG file still matches."""
-    if path.startswith("unusual_prefix_"):
-        _, _, rest = path[len("unusual_prefix_") :].partition("_")
-        return rest
-    return path
 
 
 class EngineCore(Generic[STAGE, STAGE_RESULT]):
@@ -88,11 +52,12 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         if not stage_templates:
             raise TaskEngineException("a task needs at least one stage template")
         for template in stage_templates:
-            self._check_template(template)
+            check_template(template)
         if bind_lock_timeout is not None and bind_lock_timeout < 0:
             raise TaskEngineException(f"bind_lock_timeout must be None or >= 0, got {bind_lock_timeout}")
         self.io = io
         self.task_id = names.validate_task_id(task_id) if task_id is not None else names.new_task_id()
+        self.store = TaskStore(io, self.task_id)
         self.policy = AttemptPolicy(retry_policy, max_attempts)
         self.bind_lock_timeout = bind_lock_timeout
         self.auto_cleanup = auto_cleanup
@@ -103,6 +68,9 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         self._fingerprints = [stage_fingerprint(t) for t in self._templates]
         self.task_state: TaskEngineState[STAGE] = self._fresh_task_state()
         self._keeper: LeaseKeeper | None = None
+        #: Stage writes not yet committed, and whether ``persist_stage`` queues instead of committing.
+        self._pending: list[tuple[BaseStage[Any], Write]] = []
+        self._defer = False
         self._bound = False
         self._desynced = ""
         self._cancel_event = threading.Event()
@@ -122,24 +90,6 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         self._stage_thread = 0
         self._interrupt_lock = threading.RLock()  # re-entrant: a signal handler may interrupt its own thread
         self.interrupted: str = ""
-
-    @staticmethod
-    def _check_template(template: object) -> None:
-        if not isinstance(template, BaseStage):
-            raise TaskEngineException(f"stage templates must be BaseStage instances, got {template!r}")
-        try:
-            ZoneInfo(template.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise TaskEngineException(
-                f"stage template {template.stage_name!r} has unknown timezone {template.timezone!r}; use an IANA "
-                "name such as 'UTC'"
-            ) from None
-        state = template.state
-        if state.status is not S.UNBOUND or state.attempts or state.history:
-            raise TaskEngineException(
-                f"stage template {template.stage_name!r} carries run state (status {state.status}, "
-                f"{state.attempts} attempts); pass a fresh template"
-            )
 
     def _fresh_task_state(self) -> TaskEngineState[STAGE]:
         return TaskEngineState(
@@ -161,6 +111,11 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         return self.policy.max_attempts
 
     @property
+    def templates(self) -> tuple[STAGE, ...]:
+        """The pristine stage templates the engine was built with (never modified)."""
+        return self._templates
+
+    @property
     def stages(self) -> tuple[STAGE, ...]:
         """The engine's working stages (deep copies of the templates), read-only."""
         return tuple(self.task_state.stage_templates)
@@ -172,7 +127,7 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
     @property
     def lock_obj_name(self) -> str:
         """The name of the task's lock object (``<task_id>/task.lock``)."""
-        return names.lock_obj_name(self.task_id)
+        return self.store.lock_obj
 
     @property
     def has_lockfile(self) -> bool:
@@ -213,7 +168,7 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         return self._cancel_event.is_set()
 
     def _poll_cancel(self) -> None:
-        if self.io.exists(names.cancel_obj_name(self.task_id)):
+        if self.store.cancel_requested():
             self._cancel_event.set()
 
     # ----------------------------------------------------------------- persistence
@@ -242,20 +197,50 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         )
 
     def _write_task_state(self) -> None:
-        self.io.write(names.task_obj_name(self.task_id), _json(self.task_state), fence=self._fence)
+        self.flush([self.store.record_write(self.task_state)])
 
-    def _record_event(self, event: str, message: str) -> None:
+    def _record_event(self, event: str, message: str, *writes: Write) -> None:
+        """Record a task event in the same checkpoint as the pending stage writes and ``writes``."""
         self.task_state.history.append(TaskEvent(event=event, message=message))
-        self._write_task_state()
+        self.flush([*writes, self.store.record_write(self.task_state)])
 
-    def _persist_stage(self, stage: BaseStage[Any]) -> None:
-        """Write one stage's state; on failure reload it so memory never claims what storage lacks."""
+    def persist_stage(self, stage: BaseStage[Any]) -> None:
+        """Checkpoint one stage's state (queued with the next checkpoint while the engine defers).
+
+        The state is serialised here, once; on failure it is reloaded so memory never claims what
+        storage lacks. Called by :meth:`BaseStage.update_status`.
+        """
         try:
-            self.io.write(stage.obj_name, _json(stage.state), fence=self._fence)
+            write = self.store.stage_write(stage.stage_name, stage.state)
         except BaseException as exc:
             self._resync_stage(stage, exc)
             raise
-        self.state_update_hook()
+        self._pending.append((stage, write))
+        if not self._defer:
+            self.flush()
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Queue the stage writes made in the block for the next checkpoint (:meth:`flush`) instead of each its own."""
+        outer, self._defer = self._defer, True
+        try:
+            yield
+        finally:
+            self._defer = outer
+
+    def flush(self, writes: Sequence[Write] = ()) -> None:
+        """Commit the pending stage writes, then ``writes``, as one checkpoint; then the update hooks."""
+        pending, self._pending = self._pending, []
+        if not pending and not writes:
+            return
+        try:
+            self.store.commit([w for _, w in pending] + list(writes), self._fence)
+        except BaseException as exc:
+            for stage, _ in pending:
+                self._resync_stage(stage, exc)
+            raise
+        for _ in pending:
+            self.state_update_hook()
 
     def _resync_stage(self, stage: BaseStage[Any], cause: BaseException) -> None:
         try:
@@ -266,15 +251,13 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
                 "stored state could not be re-read; unbind and bind again"
             )
             return
-        if state is None:
-            stage.state = self.fresh_state(stage.stage_name)
-        else:
-            stage.state = state
+        stage.state = self.fresh_state(stage.stage_name) if state is None else state
 
     def state_update_hook(self) -> None:
         """Called after every persisted stage update; subclasses override it (the managed task does)."""
 
-    def _first_incomplete(self) -> int:
+    def first_incomplete(self) -> int:
+        """The index of the first stage that is not COMPLETE (the number of stages when all are)."""
         for index, stage in enumerate(self.task_state.stage_templates):
             if stage.state.status is not S.COMPLETE:
                 return index
@@ -292,60 +275,9 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         Raises PersistenceDataNotFoundException (leaving the object in place) if it does not parse or
         belongs to another stage.
         """
-        obj = stage.gen_obj_name(self)
-        try:
-            raw = self.io.read_bytes(obj)
-        except PersistenceDataNotFoundException:
-            if not self.io.exists(obj):
-                return None
-            raise
-        try:
-            state: BaseStageState[Any] = self._parse(obj, type(stage.state), raw)
-        except PersistenceDataNotFoundException:
-            header = _StageHeader.model_validate_json(raw) if _parses(raw) else None
-            if header is None or header.status is not S.CREATED or header.stage_name != stage.stage_name:
-                raise
-            state = self.fresh_state(stage.stage_name)
-            state.history = header.history
-            return state
-        if state.status is S.CREATED and state.stage_name == stage.stage_name:
-            # A stage that has not started holds its template's state: a reset may have left only its history
-            fresh = self.fresh_state(stage.stage_name)
-            fresh.history = state.history
-            return fresh
-        if state.stage_name != stage.stage_name or state.status is S.UNBOUND:
-            raise PersistenceDataNotFoundException(
-                f"stored object {self.io.build_url(obj)} holds stage {state.stage_name!r} with "
-                f"status {state.status}, not stage {stage.stage_name!r}; it was left in place"
-            )
-        return state
+        raw = self.store.read_stage(stage.stage_name)
+        return None if raw is None else self.parse_stage(stage, raw)
 
-    def _parse(self, obj: str, model: Any, raw: bytes) -> Any:
-        try:
-            return model.model_validate_json(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "(document)"
-            raise PersistenceDataNotFoundException(
-                f"stored object {self.io.build_url(obj)} does not parse as {model.__name__} "
-                f"({exc.error_count()} error(s); first at {where}: {first.get('msg')}); it was left in "
-                "place. Restore it, or clean the task to start over"
-            ) from exc
-
-
-class _StageHeader(BaseModel):
-    """What a stored stage says of itself whatever its state class: enough to restart it from its template."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    stage_name: str
-    status: StageStatus
-    history: list[StageStateHistoryEntry] = []
-
-
-def _parses(raw: bytes) -> bool:
-    try:
-        _StageHeader.model_validate_json(raw)
-    except ValidationError:
-        return False
-    return True
+    def parse_stage(self, stage: BaseStage[Any], raw: bytes) -> BaseStageState[Any]:
+        """A stored stage as the template's state class (see :meth:`TaskStore.parse_stage`)."""
+        return self.store.parse_stage(stage.stage_name, type(stage.state), raw, self.fresh_state)

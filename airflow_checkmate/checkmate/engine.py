@@ -10,10 +10,9 @@ from typing import Any, Literal
 from colorama import Fore
 from pydantic_core import PydanticSerializationError
 
-from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.binding import BindingMixin
 from airflow_checkmate.checkmate.control import ControlMixin
-from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, S, _json, string_from_callable
+from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, S
 from airflow_checkmate.checkmate.exceptions import (
     LeaseLostException,
     PersistenceDataNotFoundException,
@@ -21,10 +20,13 @@ from airflow_checkmate.checkmate.exceptions import (
     StateNotStorable,
     TaskEngineException,
 )
+from airflow_checkmate.checkmate.identity import string_from_callable
 from airflow_checkmate.checkmate.models import BaseStageState
 from airflow_checkmate.checkmate.render import render_stages, render_table
 from airflow_checkmate.checkmate.stage import BaseStage
+from airflow_checkmate.checkmate.status import STOPPED_STATUSES
 from airflow_checkmate.checkmate.storable import unstorable
+from airflow_checkmate.checkmate.store import to_json
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,8 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
         if status is S.COMPLETE:
             return
         stages = self.task_state.stage_templates
-        start = self._first_incomplete()
-        if status in (S.ERROR, S.CANCELED):
+        start = self.first_incomplete()
+        if status in STOPPED_STATUSES:
             stage = stages[start]
             raise TaskEngineException(
                 f"task {self.task_id!r} is {status}: stage {stage.stage_name!r} ended {stage.state.status} "
@@ -72,11 +74,25 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
                 f"engine.reset(stage_name=...) to restart from an earlier stage"
             )
         total = len(stages)
-        for index in range(start, total):
-            stage = stages[index]
-            self._stage_boundary()
-            previous = stages[index - 1].state.model_copy(deep=True) if index else stage.state
-            self._run_stage(stage, index, total, previous, strict_recovery)
+        try:
+            for index in range(start, total):
+                stage = stages[index]
+                self._stage_boundary()
+                previous = stages[index - 1].state.model_copy(deep=True) if index else stage.state
+                self._run_stage(stage, index, total, previous, strict_recovery)
+        except BaseException:
+            self._flush_quietly()
+            raise
+        self.flush()  # the last stage's COMPLETE
+
+    def _flush_quietly(self) -> None:
+        """Commit a COMPLETE still queued when the run stops for another reason (that reason is what is raised)."""
+        if not self._pending:
+            return
+        try:
+            self.flush()
+        except Exception:
+            log.warning("task %s: could not checkpoint a completed stage while stopping", self.task_id, exc_info=True)
 
     def interrupt(self, reason: str) -> None:
         """Stop the run promptly: raise StageInterrupted into running stage code, or at the next boundary.
@@ -109,12 +125,14 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
             raise StageInterrupted(self.interrupted)
         if self._cancel_pending():
             reason = self._cancel_reason()
-            self._cancel_from(self._first_incomplete(), reason)
+            self._cancel_from(self.first_incomplete(), reason)
             raise TaskEngineException(f"task {self.task_id!r} was canceled ({reason})")
 
     def _cancel_reason(self) -> str:
         with contextlib.suppress(PersistenceDataNotFoundException):
-            return f"cancel requested: {self.io.read(names.cancel_obj_name(self.task_id))[:500]}"
+            text = self.store.cancel_reason()
+            if text is not None:
+                return f"cancel requested: {text[:500]}"
         return "cancel requested"
 
     def _run_stage(
@@ -168,7 +186,8 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
         end = time.time()
         produced = stage.state
         try:
-            stage.update_status(f"completed in {end - begin:.3f} s", S.COMPLETE, begin, end)
+            with self.deferred():  # committed with the next stage's RUNNING (or when the run ends): one checkpoint
+                stage.update_status(f"completed in {end - begin:.3f} s", S.COMPLETE, begin, end)
         except PydanticSerializationError as exc:  # the stored state is re-read: the one from before this attempt
             self._stage_failed(stage, unstorable(produced, self._where(stage), exc), where, begin)
             raise
@@ -183,7 +202,7 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
             # The new holder runs this task now: no rollback (it could undo the new holder's work), no write.
             raise LeaseLostException(self._lease_lost_message()) from exc
         try:
-            _json(stage.state)
+            to_json(stage.state)
         except PydanticSerializationError as cause:  # the attempt left a value that cannot be stored
             error_state = unstorable(stage.state, self._where(stage), cause)
             self._resync_stage(stage, cause)
@@ -193,7 +212,7 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
         error = f"{type(exc).__name__}: {exc}"
         if self._cancel_pending():
             self._rollback(stage)
-            self._cancel_from(self._first_incomplete(), f"canceled while running ({error})")
+            self._cancel_from(self.first_incomplete(), f"canceled while running ({error})")
             raise TaskEngineException(f"task {self.task_id!r} was canceled while {where} ran") from exc
         rollback_error = self._rollback(stage)
         end = time.time()
@@ -240,7 +259,7 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
             if stored is None:
                 if stage.state.status is not S.CREATED or stage.state.history:
                     return False
-            elif _json(stored) != _json(stage.state):  # as JSON: NaN equals NaN, as stored
+            elif to_json(stored) != to_json(stage.state):  # as JSON: NaN equals NaN, as stored
                 return False
         return True
 

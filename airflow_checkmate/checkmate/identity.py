@@ -10,19 +10,48 @@ name the differing field without storing (possibly large or secret) values twice
 
 import hashlib
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.exceptions import TaskIdentityException
 from airflow_checkmate.checkmate.io.base import TaskIO
 from airflow_checkmate.checkmate.models import TaskEngineState
+from airflow_checkmate.checkmate.store import TaskStore
 
 #: Stage fields that describe how a stage is shown, not what it computes; they may change freely.
 PRESENTATION_FIELDS = frozenset({"stage_name", "description", "timezone", "volatile_engine_ref", "state"})
 #: State fields the engine owns (run state), not part of what a template is built from.
 RUN_STATE_FIELDS = frozenset({"stage_name", "status", "attempts", "history", "result"})
+
+
+def string_from_callable(obj: object) -> str:
+    """``module.QualName`` of a class (or of an instance's class).
+
+    A class of the script being run (``__main__``, e.g. ``python dag.py`` calling ``dag.test()``) is
+    named by the script's module name, as Airflow's own runs of the same file name it.
+    """
+    cls = obj if isinstance(obj, type) else type(obj)
+    module = cls.__module__
+    if module == "__main__":
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        file = getattr(main, "__file__", None)
+        if spec is not None and spec.name and spec.name != "__main__":
+            module = spec.name
+        elif file:
+            module = Path(file).stem
+    return f"{module}.{cls.__qualname__}"
+
+
+def comparable_class_path(path: str) -> str:
+    """Drop the per-path prefix Airflow gives modules of DAG files, so a moved DAG file still matches."""
+    if path.startswith("unusual_prefix_"):
+        _, _, rest = path[len("unusual_prefix_") :].partition("_")
+        return rest
+    return path
 
 
 def _opaque(value: object) -> str:
@@ -171,7 +200,5 @@ def check_owner(record: TaskEngineState[Any], mine: dict[str, str], shared: bool
 
 def stored_owner(io: TaskIO, task_id: str) -> dict[str, str] | None:
     """The owner recorded for a stored task (empty: none recorded), or None when nothing is stored."""
-    task_obj = names.task_obj_name(task_id)
-    if not io.exists(task_obj):
-        return None
-    return dict(TaskEngineState[Any].model_validate_json(io.read_bytes(task_obj)).owner)
+    record = TaskStore(io, task_id).read_record()
+    return None if record is None else dict(record.owner)

@@ -22,7 +22,7 @@ class CheckMate(CheckMateEngine[STAGE, STAGE_RESULT]):
     Each bind writes the row from this instance (description, queue, tags and factory included), so
     the last binder's definition is what ``checkmate list`` shows.
 
-    Every bind, unbind and persisted stage update keeps the task's registry row current (status, lock
+    Every bind, unbind and change of the task's status keeps its registry row current (status, lock
     holder, progress), so ``checkmate list`` and the service operations see every task. Storage and
     registry come from ``io=`` / ``registry=``, else the Airflow connection ``checkmate_default``, else
     CHECKMATE_BASE_URL / CHECKMATE_DATABASE_URL, else files and SQLite under ``$AIRFLOW_HOME/checkmate``.
@@ -100,7 +100,7 @@ class CheckMate(CheckMateEngine[STAGE, STAGE_RESULT]):
 
     def _progress(self) -> dict[str, Any]:
         stages = self.task_state.stage_templates
-        done = self._first_incomplete()  # COMPLETE stages are always a prefix (the status check enforces it)
+        done = self.first_incomplete()  # COMPLETE stages are always a prefix (the status check enforces it)
         return {
             "status": str(self.status),
             "stages_done": done,
@@ -142,10 +142,16 @@ class CheckMate(CheckMateEngine[STAGE, STAGE_RESULT]):
             raise
 
     def state_update_hook(self) -> None:
-        """Keep the row's status and progress current; a registry failure is logged, never fails the stage."""
+        """Update the row when the task's status changes; a registry failure is logged, never fails the stage.
+
+        Progress within a status (stages done, current stage) is written with the next status change and at
+        unbind, not at every stage boundary: a boundary costs one durable write, on the state store, and
+        ``checkmate show`` (the task's snapshot) has the live progress.
+        """
         try:
-            progress = self._progress()
-            if tuple(progress.values()) != self._reported:
+            status = str(self.status)
+            if not self._reported or status != self._reported[0]:
+                progress = self._progress()
                 self.registry.update(self.task_id, **progress)
                 self._reported = tuple(progress.values())
         except Exception:

@@ -5,9 +5,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from colorama import Style
 
-from airflow_checkmate.checkmate import names
-from airflow_checkmate.checkmate.exceptions import TaskEngineException
+from airflow_checkmate.checkmate.exceptions import PersistenceDataNotFoundException, TaskEngineException
 from airflow_checkmate.checkmate.models import BaseStageState
+from airflow_checkmate.checkmate.store import TaskStore
 
 if TYPE_CHECKING:
     from airflow_checkmate.checkmate.engine import CheckMateEngine
@@ -40,8 +40,10 @@ def render_stages(
     stages = engine.task_state.stage_templates
     total = len(stages)
 
+    store = engine.store
+
     def show(obj: str) -> str:
-        url = engine.io.build_url(obj)
+        url = store.url(obj)
         return url.rsplit("/", 1)[-1] if basenames_only else url
 
     heading = f"# Task `{engine.task_id}`"
@@ -59,7 +61,7 @@ def render_stages(
         lines += [
             f"- status: {state.status}",
             f"- attempts: {state.attempts}",
-            f"- object: {show(names.stage_obj_name(engine.task_id, stage.stage_name))}",
+            f"- object: {show(store.stage_obj(stage.stage_name))}",
             "",
         ]
         if state.history:
@@ -74,7 +76,7 @@ def render_stages(
         payload = state.model_dump(mode="json", exclude={"history", "stage_name", "status", "attempts"})
         lines += ["```json", json.dumps(payload, indent=2, sort_keys=True), "```", ""]
     lines += [_paint("## Stored objects", color), ""]
-    stored = engine.io.list(names.task_prefix(engine.task_id))
+    stored = store.objects()
     lines += [f"- {show(obj)}" for obj in stored] or ["- (none)"]
     return "\n".join(lines) + "\n"
 
@@ -92,21 +94,22 @@ def render_table(engine: "CheckMateEngine[Any, Any]") -> str:
 
 def render_stored(io: "TaskIO", task_id: str, note: str = "") -> str:
     """The task's stored stages as Markdown, read as plain JSON: for a task whose stage classes are not at hand."""
-    task_obj = names.task_obj_name(task_id)
-    if not io.exists(task_obj):
+    store = TaskStore(io, task_id)
+    raw = store.read(store.task_obj)
+    if raw is None:
         raise TaskEngineException(f"no stored task {task_id!r} at {io.base_url}")
-    record = json.loads(io.read_bytes(task_obj))
-    stage_names = record.get("stage_names", []) if isinstance(record, dict) else []
+    stage_names = store.parse_json(store.task_obj, raw).get("stage_names", [])
     lines = [f"# Task `{task_id}` (stored JSON)", ""] + ([note, ""] if note else [])
     for index, name in enumerate(stage_names):
-        obj = names.stage_obj_name(task_id, name)
+        doc: Any
         try:
-            doc: Any = json.loads(io.read_bytes(obj)) if io.exists(obj) else None
-        except ValueError as exc:
+            stage_raw = store.read_stage(name)
+            doc = None if stage_raw is None else store.parse_json(store.stage_obj(name), stage_raw)
+        except PersistenceDataNotFoundException as exc:
             doc = {"unreadable": str(exc)}
         status = doc.get("status", "?") if isinstance(doc, dict) else "CREATED (nothing stored)"
         lines += [f"## Stage {index + 1}/{len(stage_names)}: {name} — {status}", ""]
         lines += ["```json", json.dumps(doc, indent=2, sort_keys=True), "```", ""]
     lines += ["## Stored objects", ""]
-    lines += [f"- {io.build_url(obj)}" for obj in io.list(names.task_prefix(task_id))] or ["- (none)"]
+    lines += [f"- {store.url(obj)}" for obj in store.objects()] or ["- (none)"]
     return "\n".join(lines) + "\n"

@@ -14,10 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
-from airflow_checkmate.checkmate import names
-from airflow_checkmate.checkmate.binding import remove_stored
 from airflow_checkmate.checkmate.engine import CheckMateEngine
 from airflow_checkmate.checkmate.exceptions import (
     BindException,
@@ -32,13 +28,14 @@ from airflow_checkmate.checkmate.managed import CheckMate
 from airflow_checkmate.checkmate.models import TaskEngineState
 from airflow_checkmate.checkmate.registry import TaskRecord, TaskRegistry
 from airflow_checkmate.checkmate.render import render_stored
-from airflow_checkmate.checkmate.snapshot import TaskSnapshot, read_snapshot
+from airflow_checkmate.checkmate.snapshot import TaskSnapshot, snapshot_of
 from airflow_checkmate.checkmate.stage import BaseStage
-from airflow_checkmate.checkmate.status import StageStatus
+from airflow_checkmate.checkmate.status import FINISHED_STATUSES, TERMINAL_STATUSES, StageStatus
+from airflow_checkmate.checkmate.store import TaskStore
 from airflow_checkmate.checkmate.stored_reset import reset_stored
 
 S = StageStatus
-FINISHED = (S.COMPLETE, S.CANCELED)
+FINISHED = tuple(sorted(FINISHED_STATUSES))
 #: What an operation on one task may fail with, reported to the user as that task's outcome.
 ERRORS = (TaskEngineException, TaskIOException, PersistenceDataNotFoundException, BindException)
 
@@ -107,11 +104,14 @@ class CheckMateService:
         return self._details(self.record(task_id))
 
     def _details(self, record: TaskRecord) -> TaskDetails:
-        task_id = record.task_id
-        io = self.io_for(record)
-        raw = io.lease_read(names.lock_obj_name(task_id))
-        lease = parse_lease(raw, names.lock_obj_name(task_id)) if raw else None
-        return TaskDetails(record, read_snapshot(io, task_id), lease, lease.holder_state() if lease else None)
+        store = self.store(record)
+        raw = store.io.lease_read(store.lock_obj)
+        lease = parse_lease(raw, store.lock_obj) if raw else None
+        return TaskDetails(record, snapshot_of(store), lease, lease.holder_state() if lease else None)
+
+    def store(self, record: TaskRecord) -> TaskStore:
+        """The task's stored objects, on the storage its row names."""
+        return TaskStore(self.io_for(record), record.task_id)
 
     def dump(self, task_id: str) -> str:
         """``dump_stages`` of the stored state (takes no lock).
@@ -125,7 +125,7 @@ class CheckMateService:
             built = self.rebuild(record)
         except ERRORS as exc:
             return render_stored(self.io_for(record), task_id, f"(shown as stored JSON: {exc})")
-        engine: CheckMateEngine[Any, Any] = CheckMateEngine(built.io, task_id, built._templates, no_lock=True)
+        engine: CheckMateEngine[Any, Any] = CheckMateEngine(built.io, task_id, built.templates, no_lock=True)
         with engine:
             return engine.dump_stages(source="persistence", color=None)
 
@@ -185,7 +185,7 @@ class CheckMateService:
     def _cancel(self, record: TaskRecord, dry_run: bool, reason: str) -> Outcome:
         details = self._details(record)
         status = details.snapshot.status if details.snapshot else None
-        if status is None or status in (S.COMPLETE, S.ERROR, S.CANCELED):
+        if status is None or status in TERMINAL_STATUSES:
             return Outcome(record.task_id, "cancel", False, f"skipped: it is {status or 'not stored'}")
         holder = details.lease.describe() if details.lease and details.holder_state == "live" else ""
         if dry_run:
@@ -201,9 +201,9 @@ class CheckMateService:
             engine.bind_lock_timeout, engine.owner = None, "checkmate cancel"
             try:
                 with engine:
-                    if engine.status in (S.COMPLETE, S.ERROR, S.CANCELED):
+                    if engine.status in TERMINAL_STATUSES:
                         return Outcome(record.task_id, "cancel", False, f"skipped: it is {engine.status}")
-                    stage = engine.stages[engine._first_incomplete()].stage_name
+                    stage = engine.stages[engine.first_incomplete()].stage_name
                     engine.cancel(reason)
                 return Outcome(record.task_id, "cancel", True, f"canceled at stage {stage!r}; its cancel() ran")
             except BindException as exc:  # a worker took it meanwhile
@@ -236,7 +236,7 @@ class CheckMateService:
         record = self.record(task_id)
         io = self.io_for(record)
         try:
-            keeper, _ = acquire(io, names.lock_obj_name(task_id), None, "checkmate reset")
+            keeper, _ = acquire(io, TaskStore(io, task_id).lock_obj, None, "checkmate reset")
         except BindException as exc:
             raise TaskEngineException(
                 f"task {task_id} is held by a running process, so it was not reset ({exc}); cancel it first "
@@ -250,7 +250,7 @@ class CheckMateService:
         return Outcome(task_id, "reset", True, f"{what}; the task is {status} and resumes when it next runs")
 
     def _sync_row(self, task_id: str, io: TaskIO) -> None:
-        snapshot = read_snapshot(io, task_id)
+        snapshot = snapshot_of(TaskStore(io, task_id))
         if snapshot is not None:
             current = snapshot.current
             self.registry.update(
@@ -277,37 +277,32 @@ class CheckMateService:
         return [self._each(r.task_id, "clean", lambda r=r: self._clean(r, dry_run, statuses, force)) for r in records]
 
     def _clean(self, record: TaskRecord, dry_run: bool, statuses: Sequence[S], force: bool = False) -> Outcome:
-        io = self.io_for(record)
-        task_id = record.task_id
-        stored = set(io.list(names.task_prefix(task_id)))
-        snapshot = None if force else read_snapshot(io, task_id)
+        task_id, store = record.task_id, self.store(record)
+        snapshot = None if force else snapshot_of(store)
         if snapshot is not None and snapshot.status not in statuses:
             return Outcome(task_id, "clean", False, f"skipped: it is {snapshot.status}")
         if dry_run:
-            return Outcome(task_id, "clean", False, f"dry run: would remove {len(stored)} stored object(s)")
+            return Outcome(task_id, "clean", False, f"dry run: would remove {len(store.objects())} stored object(s)")
         try:
-            keeper, _ = acquire(io, names.lock_obj_name(task_id), None, "checkmate clean")
+            keeper, _ = acquire(store.io, store.lock_obj, None, "checkmate clean")
         except BindException as exc:
             return Outcome(task_id, "clean", False, f"skipped: {exc}")
         try:
-            snapshot = None if force else read_snapshot(io, task_id)  # again, under the lock
+            snapshot = None if force else snapshot_of(store)  # again, under the lock
             if snapshot is not None and snapshot.status not in statuses:
                 return Outcome(task_id, "clean", False, f"skipped: it became {snapshot.status}")
-            stored = set(io.list(names.task_prefix(task_id)))
-            task_obj = names.task_obj_name(task_id)
             state: TaskEngineState[Any] | None = None
-            if task_obj in stored:
-                try:
-                    state = TaskEngineState.model_validate_json(io.read_bytes(task_obj))
-                except ValidationError:
-                    if not force:
-                        raise
-            remove_stored(io, task_id, state, stored, keeper.fence)
+            try:
+                state = store.read_record()
+            except PersistenceDataNotFoundException:
+                if not force:
+                    raise
+            removed = store.remove(state, keeper.fence)
         finally:
             keeper.release()
-        io.prune(names.task_prefix(task_id))
+        store.prune()
         self.registry.update(task_id, cleaned=True, lock_holder=None)
-        return Outcome(task_id, "clean", True, f"removed {len(stored) - 1} stored object(s); row marked cleaned")
+        return Outcome(task_id, "clean", True, f"removed {removed} stored object(s); row marked cleaned")
 
     def unlock(self, task_id: str, force: bool = False) -> Outcome:
         """Break a task's lock; without ``force`` only report its holder."""
@@ -317,8 +312,8 @@ class CheckMateService:
         holder = f"held by {details.lease.describe()} ({details.holder_state})"
         if not force:
             return Outcome(task_id, "unlock", False, f"{holder}; pass --force to break the lock")
-        io = self.io_for(details.record)
-        lock = names.lock_obj_name(task_id)
+        store = self.store(details.record)
+        io, lock = store.io, store.lock_obj
         raw = io.lease_read(lock)
         if raw is None or parse_lease(raw, lock).token != details.lease.token or not io.lease_swap(lock, raw, None):
             return Outcome(task_id, "unlock", False, "the lock changed hands meanwhile; look again")

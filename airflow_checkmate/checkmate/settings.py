@@ -1,13 +1,11 @@
 """Where CheckMate keeps things when nothing explicit is given: environment variables, else the embedded default.
 
 Each setting is resolved on its own, in this order: an explicit argument; the Airflow connection
-``checkmate_default`` (read by the provider's hook, when Airflow is installed); the environment
+``checkmate_default`` (read by a resolver the provider's Airflow layer registers); the environment
 variables below; the embedded default, local files and SQLite under ``$AIRFLOW_HOME/checkmate``
 (``~/.checkmate`` when AIRFLOW_HOME is unset).
 """
 
-import importlib
-import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +18,6 @@ ENV_BASE_URL = "CHECKMATE_BASE_URL"
 ENV_DATABASE_URL = "CHECKMATE_DATABASE_URL"
 ENV_ALLOWED_FACTORIES = "CHECKMATE_ALLOWED_FACTORIES"
 DEFAULT_CONN_ID = "checkmate_default"
-#: the module that registers the Airflow connection resolver when imported (Airflow installed)
-AIRFLOW_RESOLVER_MODULE = "airflow_checkmate.hooks.checkmate"
 
 
 class ConfigurationError(TaskEngineException):
@@ -73,13 +69,11 @@ def register_resolver(resolver: Resolver) -> None:
 
 
 def resolve(conn_id: str = DEFAULT_CONN_ID) -> StorageSettings:
-    """Settings from the connection ``conn_id`` (when Airflow is installed), else the environment.
+    """Settings from the connection ``conn_id`` through the last registered resolver, else the environment.
 
-    The engine imports nothing from Airflow: the hook module registers its resolver when imported, and is
-    imported here, by name, only when a resolution is asked for and Airflow is installed.
+    The engine imports nothing from Airflow: the provider's Airflow layer registers its resolver (see
+    :func:`register_resolver`), so connections are read only where that layer is in use.
     """
-    if not _resolvers and importlib.util.find_spec("airflow") is not None:
-        importlib.import_module(AIRFLOW_RESOLVER_MODULE)
     if not _resolvers:
         return from_environment()
     return _resolvers[-1](conn_id)

@@ -1,18 +1,19 @@
 """Read a task's progress from storage without its stage templates and without the lock.
 
-For watchers (the Airflow sensor and trigger, the CLI) that know only the task id: stage objects are
-read as generic JSON records (status, attempts, result), never imported as their classes.
+For watchers (the Airflow sensor and trigger, the CLI, the UI) that know only the task id: stage objects
+are read as generic JSON records (status, attempts, result), never imported as their classes. The
+:class:`~airflow_checkmate.checkmate.store.TaskStore` reads and checks them; this is the read model.
 """
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.exceptions import PersistenceDataNotFoundException, TaskEngineException
 from airflow_checkmate.checkmate.io.base import TaskIO
-from airflow_checkmate.checkmate.models import StageStateHistoryEntry, TaskEngineState
+from airflow_checkmate.checkmate.models import StageStateHistoryEntry
 from airflow_checkmate.checkmate.status import StageStatus, check_sequence, overall_status
+from airflow_checkmate.checkmate.store import TaskStore
 
 
 class StageView(BaseModel):
@@ -67,34 +68,28 @@ class TaskSnapshot(BaseModel):
 
 def read_snapshot(io: TaskIO, task_id: str) -> TaskSnapshot | None:
     """The task's stored progress, or None if nothing is stored for ``task_id`` yet."""
-    names.validate_task_id(task_id)
-    stored = set(io.list(names.task_prefix(task_id)))
-    task_obj = names.task_obj_name(task_id)
-    if task_obj not in stored:
+    return snapshot_of(TaskStore(io, task_id))
+
+
+def snapshot_of(store: TaskStore) -> TaskSnapshot | None:
+    """The stored progress of the store's task (one pass over its objects), or None if nothing is stored."""
+    stored = store.load()
+    record = stored.record
+    if record is None:
         return None
-    record = _parse(io, task_obj, TaskEngineState)
-    views = []
-    for stage_name in record.stage_names:
-        obj = names.stage_obj_name(task_id, stage_name)
-        views.append(_parse(io, obj, StageView) if obj in stored else StageView(stage_name=stage_name))
+    views = [
+        store.parse(store.stage_obj(n), StageView, stored.stages[n]) if n in stored.stages else StageView(stage_name=n)
+        for n in record.stage_names
+    ]
     statuses = [v.status for v in views]
     try:
         check_sequence(statuses, record.stage_names)
     except TaskEngineException as exc:
-        raise PersistenceDataNotFoundException(f"stored task {task_id!r} is inconsistent: {exc}") from exc
+        raise PersistenceDataNotFoundException(f"stored task {store.task_id!r} is inconsistent: {exc}") from exc
     return TaskSnapshot(
-        task_id=task_id,
+        task_id=store.task_id,
         stages=views,
         status=overall_status(statuses),
-        locked=names.lock_obj_name(task_id) in stored,
+        locked=store.lock_obj in stored.objects or store.io.lease_read(store.lock_obj) is not None,
         labels=record.labels,
     )
-
-
-def _parse(io: TaskIO, obj: str, model: Any) -> Any:
-    try:
-        return model.model_validate_json(io.read_bytes(obj))
-    except ValidationError as exc:
-        raise PersistenceDataNotFoundException(
-            f"stored object {io.build_url(obj)} does not parse ({exc.error_count()} error(s)); left in place"
-        ) from exc

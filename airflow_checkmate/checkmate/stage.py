@@ -9,7 +9,7 @@ from typing_extensions import Self
 
 from airflow_checkmate.checkmate.exceptions import StateNotStorable, TaskEngineException
 from airflow_checkmate.checkmate.models import BaseStageState, StageStateHistoryEntry, render_ts
-from airflow_checkmate.checkmate.names import STAGE_NAME_MAX_LENGTH, stage_obj_name, validate_stage_name
+from airflow_checkmate.checkmate.names import STAGE_NAME_MAX_LENGTH, validate_stage_name
 from airflow_checkmate.checkmate.status import StageStatus, check_transition
 from airflow_checkmate.checkmate.storable import check_template_state
 
@@ -98,7 +98,7 @@ class BaseStage(BaseModel, ABC, Generic[STAGE_STATE]):
     @property
     def url(self) -> str:
         """Return the URL for the current stage's stored state."""
-        return self.engine.io.build_url(self.obj_name)
+        return self.engine.store.url(self.obj_name)
 
     @property
     def cancel_requested(self) -> bool:
@@ -110,7 +110,7 @@ class BaseStage(BaseModel, ABC, Generic[STAGE_STATE]):
 
     def gen_obj_name(self, engine: "EngineCore[Any, Any] | None" = None) -> str:
         """Generate the object name for this stage, for ``engine`` or the bound one."""
-        return stage_obj_name((engine or self.engine).task_id, self.stage_name)
+        return (engine or self.engine).store.stage_obj(self.stage_name)
 
     def bind_to_engine(self, task_engine: "EngineCore[Any, Any]") -> "BaseStage[STAGE_STATE]":
         """Bind the stage to a TaskEngine; raises TaskEngineException if it is already bound."""
@@ -128,16 +128,14 @@ class BaseStage(BaseModel, ABC, Generic[STAGE_STATE]):
         self.state.attempts += 1
         return self.state.attempts
 
-    def update_status(self, message: str, status: StageStatus, begin_ts: float, end_ts: float | None = None) -> None:
+    def update_status(
+        self, message: str, status: StageStatus, begin_ts: float, end_ts: float | None = None, *, reset: bool = False
+    ) -> None:
         """Set the stage's status, append a history entry and persist the state.
 
-        The transition is checked against the state machine first; nothing changes if it is invalid.
+        The transition is checked against the state machine first (``reset``: also the transitions only
+        an explicit reset may make); nothing changes if it is invalid.
         """
-        self._change(message, status, begin_ts, end_ts)
-
-    def _change(
-        self, message: str, status: StageStatus, begin_ts: float, end_ts: float | None, *, reset: bool = False
-    ) -> None:
         check_transition(self.state.status, status, reset=reset, stage=self.stage_name)
         entry = StageStateHistoryEntry(
             status=status,
@@ -148,7 +146,7 @@ class BaseStage(BaseModel, ABC, Generic[STAGE_STATE]):
         )
         self.state.status = status
         self.state.history.append(entry)
-        self.engine._persist_stage(self)
+        self.engine.persist_stage(self)
 
     @abstractmethod
     def execute_stage(self, previous_state_copy: STAGE_STATE) -> None:
@@ -163,3 +161,22 @@ class BaseStage(BaseModel, ABC, Generic[STAGE_STATE]):
 
     def cancel(self) -> None:
         """Called once on the first incomplete stage when the task is canceled, to clean up."""
+
+
+def check_template(template: object) -> None:
+    """Refuse what cannot be a stage template: not a BaseStage, an unknown timezone, or run state in it."""
+    if not isinstance(template, BaseStage):
+        raise TaskEngineException(f"stage templates must be BaseStage instances, got {template!r}")
+    try:
+        ZoneInfo(template.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise TaskEngineException(
+            f"stage template {template.stage_name!r} has unknown timezone {template.timezone!r}; use an IANA "
+            "name such as 'UTC'"
+        ) from None
+    state = template.state
+    if state.status is not StageStatus.UNBOUND or state.attempts or state.history:
+        raise TaskEngineException(
+            f"stage template {template.stage_name!r} carries run state (status {state.status}, "
+            f"{state.attempts} attempts); pass a fresh template"
+        )

@@ -28,7 +28,12 @@ class StageStatus(str, Enum):
 
 S = StageStatus
 
+#: Task statuses in which nothing runs any more without a reset.
 TERMINAL_STATUSES: frozenset[StageStatus] = frozenset({S.COMPLETE, S.ERROR, S.CANCELED})
+#: Stopped before completing: what a reset (with no stage named) makes runnable again.
+STOPPED_STATUSES: frozenset[StageStatus] = frozenset({S.ERROR, S.CANCELED})
+#: Ended on purpose, so its stored state may go: what ``checkmate clean`` removes by default.
+FINISHED_STATUSES: frozenset[StageStatus] = frozenset({S.COMPLETE, S.CANCELED})
 
 #: Transitions that execution and cancel may make.
 TRANSITIONS: frozenset[tuple[StageStatus, StageStatus]] = frozenset(
@@ -52,9 +57,6 @@ RESET_TRANSITIONS: frozenset[tuple[StageStatus, StageStatus]] = frozenset(
     {(old, S.RETRY) for old in (S.ERROR, S.CANCELED, S.COMPLETE)}
     | {(old, S.CREATED) for old in (S.ERROR, S.CANCELED, S.COMPLETE, S.RETRY, S.RUNNING, S.CREATED)}
 )
-
-#: Statuses a stage may be found in when its stored state is loaded at bind.
-LOADABLE_STATUSES: frozenset[StageStatus] = frozenset(set(S) - {S.UNBOUND})
 
 #: The stage that may stand between the COMPLETE prefix and the CREATED suffix of a task.
 _FRONTIER_STATUSES = frozenset({S.CREATED, S.RUNNING, S.RETRY, S.ERROR})

@@ -4,34 +4,32 @@ The way out of every stuck task (``checkmate reset``): a stopped stage becomes r
 task restarts from a named stage. A stage reset to CREATED keeps only its history: its next bind
 takes the template's state, so a stage whose stored state no longer parses (a field's type changed)
 restarts too, while the COMPLETE stages before it are kept as stored. A reset from a stage also lets
-the next bind adopt the (edited) definition from that stage on. Stages are written back to front and
-the task record last, so a reset cut short by a crash can simply be made again.
+the next bind adopt the (edited) definition from that stage on. The reset is one checkpoint, its stages
+back to front and the task record last, so a reset cut short by a crash can simply be made again.
 """
 
 import json
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.exceptions import PersistenceDataNotFoundException, TaskEngineException
 from airflow_checkmate.checkmate.io.base import Fence, TaskIO
-from airflow_checkmate.checkmate.models import TaskEngineState, TaskEvent
-from airflow_checkmate.checkmate.status import StageStatus, check_sequence, overall_status
+from airflow_checkmate.checkmate.models import TaskEvent
+from airflow_checkmate.checkmate.status import STOPPED_STATUSES, StageStatus, check_sequence, overall_status
+from airflow_checkmate.checkmate.store import TaskStore, Write
 
 S = StageStatus
 
 
-def _read_stage(io: TaskIO, obj: str, stage_name: str) -> dict[str, Any] | None:
+def _read_stage(store: TaskStore, stage_name: str, raw: bytes | None) -> dict[str, Any] | None:
     """The stored stage as a JSON object, or None when nothing (or nothing readable) is stored."""
-    if not io.exists(obj):
+    if raw is None:
         return None
     try:
-        doc = json.loads(io.read_bytes(obj))
-    except (ValueError, PersistenceDataNotFoundException):
+        doc = store.parse_json(store.stage_obj(stage_name), raw)
+    except PersistenceDataNotFoundException:
         return None
-    if not isinstance(doc, dict) or doc.get("stage_name") != stage_name:
-        return None
-    return doc
+    return doc if doc.get("stage_name") == stage_name else None
 
 
 def _status(doc: dict[str, Any] | None) -> StageStatus:
@@ -48,15 +46,16 @@ def _entry(status: StageStatus, message: str) -> dict[str, Any]:
 
 def reset_stored(io: TaskIO, task_id: str, stage_name: str | None, fence: Fence | None, by: str) -> tuple[str, str]:
     """Reset the stored task (the caller holds its lock); return (what was done, the new task status)."""
-    task_obj = names.task_obj_name(task_id)
-    if not io.exists(task_obj):
+    store = TaskStore(io, task_id)
+    stored = store.load()
+    record = stored.record
+    if record is None:
         raise TaskEngineException(f"no stored task {task_id!r} at {io.base_url}; nothing to reset")
-    record = TaskEngineState[Any].model_validate_json(io.read_bytes(task_obj))
     stage_names = record.stage_names
-    docs = [_read_stage(io, names.stage_obj_name(task_id, n), n) for n in stage_names]
+    docs = [_read_stage(store, n, stored.stages.get(n)) for n in stage_names]
     statuses = [_status(d) for d in docs]
     if stage_name is None:
-        index = next((i for i, s in enumerate(statuses) if s in (S.ERROR, S.CANCELED)), None)
+        index = next((i for i, s in enumerate(statuses) if s in STOPPED_STATUSES), None)
         if index is None:
             shown = ", ".join(f"{n}={s.value}" for n, s in zip(stage_names, statuses, strict=True))
             raise TaskEngineException(
@@ -75,10 +74,10 @@ def reset_stored(io: TaskIO, task_id: str, stage_name: str | None, fence: Fence 
     for i, status in plan:
         new[i] = status
     check_sequence(new, stage_names)
+    writes: list[Write] = []  # back to front, the record last: every prefix of the checkpoint is a valid task
     for i, status in reversed(plan):
         old, doc = statuses[i], docs[i]
-        obj = names.stage_obj_name(task_id, stage_names[i])
-        if doc is None and status is S.CREATED and not io.exists(obj):
+        if doc is None and status is S.CREATED and stage_names[i] not in stored.stages:
             continue  # nothing stored: the template's state it is
         message = f"reset with {by} (was {old.value}, {(doc or {}).get('attempts', 0)} attempt(s))"
         history = [*list((doc or {}).get("history") or []), _entry(status, message)]
@@ -86,12 +85,12 @@ def reset_stored(io: TaskIO, task_id: str, stage_name: str | None, fence: Fence 
             doc = {"stage_name": stage_names[i], "status": status.value, "attempts": 0, "history": history}
         else:
             doc = {**(doc or {}), "status": status.value, "attempts": 0, "history": history}
-        io.write(obj, json.dumps(doc).encode(), fence=fence)
-    io.remove(names.cancel_obj_name(task_id), fence=fence)
+        writes.append((store.stage_obj(stage_names[i]), json.dumps(doc).encode()))
+    writes.append(store.cancel_removal())
     if stage_name is not None:
         record.redefine_from = min(index, record.redefine_from if record.redefine_from is not None else index)
         if index == 0:
             record.inputs_fingerprint = None  # nothing computed is kept: the next bind's inputs are adopted
     record.history.append(TaskEvent(event="reset", message=f"{what}, with {by}"))
-    io.write(task_obj, record.__pydantic_serializer__.to_json(record), fence=fence)
+    store.commit([*writes, store.record_write(record)], fence)
     return what, overall_status(new).value

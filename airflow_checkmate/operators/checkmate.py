@@ -23,6 +23,7 @@ from airflow_checkmate.checkmate import (
     TaskEngineException,
 )
 from airflow_checkmate.checkmate.exceptions import TaskIdentityException
+from airflow_checkmate.checkmate.status import STOPPED_STATUSES
 from airflow_checkmate.hooks.checkmate import CheckMateHook
 from airflow_checkmate.links.checkmate import CheckMateStateLink, derive_checkmate_task_id, state_url
 from airflow_checkmate.operators.rules import (
@@ -239,7 +240,7 @@ class CheckMateOperator(BaseOperator):
         if self._killed:  # on_kill came while binding, before the engine could be interrupted
             raise AirflowException(f"CheckMate task {engine.task_id} was not started: {self._killed}")
         status = engine.status
-        if status in (StageStatus.ERROR, StageStatus.CANCELED):
+        if status in STOPPED_STATUSES:
             if not cleared_since_last_try(engine.previous_try, ti, int(self.retries or 0)):
                 raise AirflowFailException(stopped_message(engine, status, ti))
             self.log.warning(

@@ -22,6 +22,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_checkmate.checkmate import CheckMateEngine, RetryPolicy, StageStatus, TaskEngineException, names
+from airflow_checkmate.checkmate.status import STOPPED_STATUSES
 from airflow_checkmate.hooks.checkmate import CheckMateConfigError
 
 SAFE_ID_HELP = (
@@ -65,7 +66,7 @@ def cleared_since_last_try(last_try: Mapping[str, str | int], ti: Any, retries: 
 
 def stopped_message(engine: CheckMateEngine[Any, Any], status: StageStatus, ti: Any) -> str:
     """Why an automatic retry fails at once: which stage stopped, when and why, and how to resume."""
-    stage = next(s for s in engine.stages if s.state.status in (StageStatus.ERROR, StageStatus.CANCELED))
+    stage = next(s for s in engine.stages if s.state.status in STOPPED_STATUSES)
     last = stage.state.history[-1] if stage.state.history else None
     when = (last.end_ts or last.begin_ts).isoformat(timespec="seconds") if last else "an unknown time"
     verb = "canceled" if status is StageStatus.CANCELED else "failed for good"

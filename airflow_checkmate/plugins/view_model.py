@@ -13,18 +13,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_checkmate.checkmate import names
 from airflow_checkmate.checkmate.io.base import TaskIO
 from airflow_checkmate.checkmate.lease import parse_lease
 from airflow_checkmate.checkmate.models import StageStateHistoryEntry
 from airflow_checkmate.checkmate.registry import TaskRecord
 from airflow_checkmate.checkmate.snapshot import TaskSnapshot
-from airflow_checkmate.checkmate.status import StageStatus
+from airflow_checkmate.checkmate.status import TERMINAL_STATUSES, StageStatus
+from airflow_checkmate.checkmate.store import TaskStore
 
 S = StageStatus
 #: Characters of a stage's state or result shown before it is cut (the rest is left in storage).
 STATE_LIMIT = 20_000
-FINAL = frozenset({S.COMPLETE, S.ERROR, S.CANCELED})
 _ENDS = {S.COMPLETE: "complete", S.RETRY: "failed", S.ERROR: "failed", S.CANCELED: "canceled"}
 _BOOKKEEPING = {"stage_name", "status", "attempts", "history", "result"}
 
@@ -86,20 +85,18 @@ def _cut(value: Any) -> dict[str, Any]:
     return {"json": text[:STATE_LIMIT], "size": len(text), "truncated": True}
 
 
-def _raw_stage(io: TaskIO, task_id: str, stage_name: str) -> dict[str, Any]:
-    obj = names.stage_obj_name(task_id, stage_name)
-    if not io.exists(obj):
-        return {}
-    loaded = json.loads(io.read_bytes(obj))
-    return loaded if isinstance(loaded, dict) else {}
+def _raw_stage(store: TaskStore, stage_name: str) -> dict[str, Any]:
+    raw = store.read_stage(stage_name)
+    return {} if raw is None else store.parse_json(store.stage_obj(stage_name), raw)
 
 
 def stages(io: TaskIO, snapshot: TaskSnapshot, tries: Tries = ()) -> list[dict[str, Any]]:
     """One row per stage: status, attempts, first start, last end, duration, last message, state, result."""
     rows = []
+    store = TaskStore(io, snapshot.task_id)
     for index, view in enumerate(snapshot.stages):
         bars = attempts(view.history, tries)
-        raw = _raw_stage(io, snapshot.task_id, view.stage_name)
+        raw = _raw_stage(store, view.stage_name)
         state = {k: v for k, v in raw.items() if k not in _BOOKKEEPING}
         start = bars[0]["start"] if bars else None
         end = bars[-1]["end"] if bars and bars[-1]["end_known"] else None
@@ -136,7 +133,7 @@ def stages(io: TaskIO, snapshot: TaskSnapshot, tries: Tries = ()) -> list[dict[s
 
 def lock_holder(io: TaskIO, task_id: str, tries: Tries = ()) -> dict[str, Any] | None:
     """Who holds the task's lock: host, pid, owner (with its Airflow try), heartbeat age, live/expired/dead."""
-    lock = names.lock_obj_name(task_id)
+    lock = TaskStore(io, task_id).lock_obj
     raw = io.lease_read(lock)
     if not raw:
         return None
@@ -190,7 +187,7 @@ def task_view(
         "lock": holder,
         "registry": registry_details(record),
         "airflow": airflow,
-        "live": snapshot.locked or snapshot.status not in FINAL or waiting,
+        "live": snapshot.locked or snapshot.status not in TERMINAL_STATUSES or waiting,
         "now": _iso(dt.datetime.now(dt.timezone.utc)),
     }
 

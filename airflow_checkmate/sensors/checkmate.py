@@ -11,6 +11,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_checkmate.checkmate import StageStatus, TaskSnapshot, read_snapshot
+from airflow_checkmate.checkmate.status import STOPPED_STATUSES
 from airflow_checkmate.hooks.checkmate import CheckMateHook
 from airflow_checkmate.links.checkmate import CheckMateStateLink, state_url
 from airflow_checkmate.triggers.checkmate import CheckMateTrigger
@@ -58,7 +59,7 @@ class CheckMateSensor(BaseSensorOperator):
             self.log.info("CheckMate task %s has not started yet", self.checkmate_task_id)
             return False
         self.log.info("%s", snapshot.progress())
-        if snapshot.status in (StageStatus.ERROR, StageStatus.CANCELED):
+        if snapshot.status in STOPPED_STATUSES:
             raise AirflowFailException(
                 f"CheckMate task {self.checkmate_task_id} is {snapshot.status}: {snapshot.progress()}"
             )

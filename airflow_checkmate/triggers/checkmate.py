@@ -9,8 +9,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_checkmate.checkmate import StageStatus, TaskSnapshot, read_snapshot
-
-TERMINAL = (StageStatus.COMPLETE, StageStatus.ERROR, StageStatus.CANCELED)
+from airflow_checkmate.checkmate.status import TERMINAL_STATUSES
 
 
 class CheckMateTrigger(BaseTrigger):
@@ -60,7 +59,7 @@ class CheckMateTrigger(BaseTrigger):
                 if progress != last:
                     self.log.info("%s", progress)
                     last = progress
-                if snapshot.status in TERMINAL:
+                if snapshot.status in TERMINAL_STATUSES:
                     yield TriggerEvent(
                         {
                             "status": snapshot.status.value,
