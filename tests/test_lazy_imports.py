@@ -1,18 +1,27 @@
 """What importing costs, checked as what gets imported (timings live in bench/startup.py, never in tests).
 
 ``import airflow_checkmate.checkmate`` must load neither SQLAlchemy, nor a storage backend, nor
-Airflow; the engine's own classes need no SQLAlchemy either; and ``checkmate`` given both URLs answers
+Airflow, nor the provider's Airflow hook; the engine's own classes (run on files, reset, inspected) need
+none of them either; and ``checkmate`` given both URLs answers
 without importing Airflow. Each check runs in a fresh interpreter, so nothing imported here counts.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
 from support.processes import run_python
 
-HEAVY = ("sqlalchemy", "airflow", "airflow_checkmate.checkmate.io.sql", "airflow_checkmate.checkmate.registry")
+HEAVY = (
+    "sqlalchemy",
+    "airflow",
+    "airflow_checkmate.hooks",
+    "airflow_checkmate.hooks.checkmate",
+    "airflow_checkmate.checkmate.io.sql",
+    "airflow_checkmate.checkmate.registry",
+)
 
 
 def loaded_after(code: str) -> set[str]:
@@ -37,6 +46,10 @@ def test_the_engine_on_files_needs_no_sqlalchemy_nor_airflow() -> None:
         "with CheckMateEngine(TaskIO.from_base_url(tempfile.mkdtemp()), 't', [A(stage_name='a', state=S())]) as e:\n"
         "    e.execute()\n"
         "    assert e.task_result == 1\n"
+        "    e.reset(stage_name='a')\n"
+        "    assert e.dump_stages(color=None)\n"
+        "from airflow_checkmate.checkmate import read_snapshot\n"
+        "assert read_snapshot(e.io, 't').status == 'CREATED'\n"
     )
     assert loaded_after(code) == set()
 
@@ -61,3 +74,25 @@ def test_checkmate_with_explicit_urls_does_not_import_airflow(tmp_path: Path) ->
         "assert code == 0, code\n"
     )
     assert "airflow" not in loaded_after(code)
+
+
+def test_the_engine_package_names_nothing_of_the_airflow_layer() -> None:
+    """No import of (nor module path into) the provider's Airflow layer anywhere in the engine package;
+    Airflow itself only inside the object-storage backend, which is loaded by URL scheme."""
+    package = Path(__file__).resolve().parent.parent / "airflow_checkmate" / "checkmate"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            named: list[str] = []
+            if isinstance(node, ast.Import):
+                named = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                named = [node.module or ""]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                named = [node.value] if node.value.startswith("airflow_checkmate.") else []
+            for name in named:
+                layer = name.startswith("airflow_checkmate.") and not name.startswith("airflow_checkmate.checkmate")
+                airflow = (name == "airflow" or name.startswith("airflow.")) and path.name != "objectstorage.py"
+                if layer or airflow:
+                    found.append(f"{path.relative_to(package)}: {name}")
+    assert found == []

@@ -8,7 +8,8 @@ from pydantic import ValidationError
 from typing_extensions import Self
 
 from airflow_checkmate.checkmate import names
-from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, EngineCore, S
+from airflow_checkmate.checkmate.checkpoint import CheckpointMixin
+from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, S
 from airflow_checkmate.checkmate.exceptions import (
     PersistenceDataNotFoundException,
     TaskEngineException,
@@ -28,7 +29,7 @@ from airflow_checkmate.checkmate.store import StoredTask
 log = logging.getLogger("airflow_checkmate.checkmate.engine")
 
 
-class BindingMixin(EngineCore[STAGE, STAGE_RESULT]):
+class BindingMixin(CheckpointMixin[STAGE, STAGE_RESULT]):
     """bind/unbind and ``with engine:``; loading, checking and removing the task's stored objects."""
 
     # ----------------------------------------------------------------- bind / unbind

@@ -4,7 +4,8 @@ import logging
 import time
 from typing import Any
 
-from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, EngineCore, S
+from airflow_checkmate.checkmate.checkpoint import CheckpointMixin
+from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, S
 from airflow_checkmate.checkmate.exceptions import TaskEngineException
 from airflow_checkmate.checkmate.io.base import TaskIO
 from airflow_checkmate.checkmate.stage import BaseStage
@@ -14,7 +15,7 @@ from airflow_checkmate.checkmate.store import TaskStore
 log = logging.getLogger("airflow_checkmate.checkmate.engine")
 
 
-class ControlMixin(EngineCore[STAGE, STAGE_RESULT]):
+class ControlMixin(CheckpointMixin[STAGE, STAGE_RESULT]):
     """cancel(), reset(), and cancel requests from outside noticed at stage boundaries."""
 
     def _cancel_pending(self) -> bool:

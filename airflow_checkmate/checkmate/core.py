@@ -1,13 +1,13 @@
 """The engine's core: its settings, read-only views of the task, and the persistence of stage state.
 
-The engine class is assembled from this core, binding (bind/unbind and loading stored state),
-control (cancel and reset) and execution; each module holds one of those concerns.
+The engine class is assembled from this core, checkpoints (persisting stage state), binding
+(bind/unbind and loading stored state), control (cancel and reset) and execution; each module holds
+one of those concerns. How a task is stored is the TaskStore's business (``self.store``).
 """
 
-import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 from airflow_checkmate.checkmate import names
@@ -18,7 +18,7 @@ from airflow_checkmate.checkmate.exceptions import (
 from airflow_checkmate.checkmate.identity import stage_fingerprint, string_from_callable
 from airflow_checkmate.checkmate.io.base import Fence, TaskIO
 from airflow_checkmate.checkmate.lease import LeaseKeeper, LeaseRecord
-from airflow_checkmate.checkmate.models import BaseStageState, TaskEngineState, TaskEvent
+from airflow_checkmate.checkmate.models import TaskEngineState
 from airflow_checkmate.checkmate.policy import AttemptPolicy, RetryPolicy
 from airflow_checkmate.checkmate.stage import BaseStage, check_template
 from airflow_checkmate.checkmate.status import StageStatus, check_sequence, overall_status
@@ -171,7 +171,7 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         if self.store.cancel_requested():
             self._cancel_event.set()
 
-    # ----------------------------------------------------------------- persistence
+    # ----------------------------------------------------------------- binding state
 
     @property
     def _fence(self) -> Fence | None:
@@ -196,88 +196,9 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
             "this engine stopped and wrote nothing more (unbind it)"
         )
 
-    def _write_task_state(self) -> None:
-        self.flush([self.store.record_write(self.task_state)])
-
-    def _record_event(self, event: str, message: str, *writes: Write) -> None:
-        """Record a task event in the same checkpoint as the pending stage writes and ``writes``."""
-        self.task_state.history.append(TaskEvent(event=event, message=message))
-        self.flush([*writes, self.store.record_write(self.task_state)])
-
-    def persist_stage(self, stage: BaseStage[Any]) -> None:
-        """Checkpoint one stage's state (queued with the next checkpoint while the engine defers).
-
-        The state is serialised here, once; on failure it is reloaded so memory never claims what
-        storage lacks. Called by :meth:`BaseStage.update_status`.
-        """
-        try:
-            write = self.store.stage_write(stage.stage_name, stage.state)
-        except BaseException as exc:
-            self._resync_stage(stage, exc)
-            raise
-        self._pending.append((stage, write))
-        if not self._defer:
-            self.flush()
-
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        """Queue the stage writes made in the block for the next checkpoint (:meth:`flush`) instead of each its own."""
-        outer, self._defer = self._defer, True
-        try:
-            yield
-        finally:
-            self._defer = outer
-
-    def flush(self, writes: Sequence[Write] = ()) -> None:
-        """Commit the pending stage writes, then ``writes``, as one checkpoint; then the update hooks."""
-        pending, self._pending = self._pending, []
-        if not pending and not writes:
-            return
-        try:
-            self.store.commit([w for _, w in pending] + list(writes), self._fence)
-        except BaseException as exc:
-            for stage, _ in pending:
-                self._resync_stage(stage, exc)
-            raise
-        for _ in pending:
-            self.state_update_hook()
-
-    def _resync_stage(self, stage: BaseStage[Any], cause: BaseException) -> None:
-        try:
-            state = self.read_stored_state(stage)
-        except Exception:
-            self._desynced = (
-                f"task {self.task_id!r}: persisting stage {stage.stage_name!r} failed ({cause!r}) and its "
-                "stored state could not be re-read; unbind and bind again"
-            )
-            return
-        stage.state = self.fresh_state(stage.stage_name) if state is None else state
-
-    def state_update_hook(self) -> None:
-        """Called after every persisted stage update; subclasses override it (the managed task does)."""
-
     def first_incomplete(self) -> int:
         """The index of the first stage that is not COMPLETE (the number of stages when all are)."""
         for index, stage in enumerate(self.task_state.stage_templates):
             if stage.state.status is not S.COMPLETE:
                 return index
         return len(self.task_state.stage_templates)
-
-    def fresh_state(self, stage_name: str) -> BaseStageState[Any]:
-        """A copy of the stage's template state, as a stage that was never started has it (CREATED)."""
-        state: BaseStageState[Any] = self._templates[self._stage_index[stage_name]].state.model_copy(deep=True)
-        state.stage_name, state.status = stage_name, S.CREATED
-        return state
-
-    def read_stored_state(self, stage: BaseStage[Any]) -> BaseStageState[Any] | None:
-        """The stage's state as stored, or None if nothing is stored for it yet.
-
-        Raises PersistenceDataNotFoundException (leaving the object in place) if it does not parse or
-        belongs to another stage.
-        """
-        raw = self.store.read_stage(stage.stage_name)
-        return None if raw is None else self.parse_stage(stage, raw)
-
-    def parse_stage(self, stage: BaseStage[Any], raw: bytes) -> BaseStageState[Any]:
-        """A stored stage as the template's state class (see :meth:`TaskStore.parse_stage`)."""
-        return self.store.parse_stage(stage.stage_name, type(stage.state), raw, self.fresh_state)

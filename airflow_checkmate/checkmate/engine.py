@@ -5,9 +5,8 @@ import ctypes
 import logging
 import threading
 import time
-from typing import Any, Literal
+from typing import Any
 
-from colorama import Fore
 from pydantic_core import PydanticSerializationError
 
 from airflow_checkmate.checkmate.binding import BindingMixin
@@ -21,8 +20,8 @@ from airflow_checkmate.checkmate.exceptions import (
     TaskEngineException,
 )
 from airflow_checkmate.checkmate.identity import string_from_callable
+from airflow_checkmate.checkmate.inspection import InspectionMixin
 from airflow_checkmate.checkmate.models import BaseStageState
-from airflow_checkmate.checkmate.render import render_stages, render_table
 from airflow_checkmate.checkmate.stage import BaseStage
 from airflow_checkmate.checkmate.status import STOPPED_STATUSES
 from airflow_checkmate.checkmate.storable import unstorable
@@ -33,7 +32,9 @@ log = logging.getLogger(__name__)
 __all__ = ["CheckMateEngine", "string_from_callable"]
 
 
-class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STAGE_RESULT]):
+class CheckMateEngine(
+    ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STAGE_RESULT], InspectionMixin[STAGE, STAGE_RESULT]
+):
     """Multi-stage task execution framework with checkpoint and resume.
 
     Runs a series of stages sequentially until each is complete, canceled, out of retries or failed
@@ -246,42 +247,3 @@ class CheckMateEngine(ControlMixin[STAGE, STAGE_RESULT], BindingMixin[STAGE, STA
             log.exception("rollback_stage of stage %r failed", stage.stage_name)
             return exc
         return None
-
-    # ----------------------------------------------------------------- inspection
-
-    def check_sync(self) -> bool:
-        """True if every stage's state in memory equals its stored state."""
-        for stage in self.task_state.stage_templates:
-            try:
-                stored = self.read_stored_state(stage)
-            except PersistenceDataNotFoundException:
-                return False
-            if stored is None:
-                if stage.state.status is not S.CREATED or stage.state.history:
-                    return False
-            elif to_json(stored) != to_json(stage.state):  # as JSON: NaN equals NaN, as stored
-                return False
-        return True
-
-    def dump_stages(
-        self,
-        source: Literal["memory", "persistence"] = "memory",
-        color: str | None = Fore.LIGHTWHITE_EX,
-        basenames_only: bool = False,
-        source_in_heading: bool = False,
-    ) -> str:
-        """A Markdown summary of every stage (status, attempts, history, state) and the stored objects."""
-        return render_stages(self, source, color, basenames_only, source_in_heading)
-
-    def stage_table(self) -> str:
-        """A compact Markdown table of the stages: number, name, status, attempts, last change."""
-        return render_table(self)
-
-    def log_stages(
-        self,
-        source: Literal["memory", "persistence"] = "memory",
-        color: str | None = Fore.LIGHTWHITE_EX,
-        basenames_only: bool = False,
-    ) -> None:
-        """Log :meth:`dump_stages` in colour."""
-        log.info("\n%s", self.dump_stages(source, color, basenames_only, source_in_heading=True))

@@ -10,7 +10,7 @@ from airflow_checkmate.checkmate.models import BaseStageState
 from airflow_checkmate.checkmate.store import TaskStore
 
 if TYPE_CHECKING:
-    from airflow_checkmate.checkmate.engine import CheckMateEngine
+    from airflow_checkmate.checkmate.checkpoint import CheckpointMixin
     from airflow_checkmate.checkmate.io.base import TaskIO
 
 
@@ -22,13 +22,13 @@ def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _stored_state(engine: "CheckMateEngine[Any, Any]", index: int) -> BaseStageState[Any]:
+def _stored_state(engine: "CheckpointMixin[Any, Any]", index: int) -> BaseStageState[Any]:
     stage = engine.task_state.stage_templates[index]
     return engine.read_stored_state(stage) or engine.fresh_state(stage.stage_name)
 
 
 def render_stages(
-    engine: "CheckMateEngine[Any, Any]",
+    engine: "CheckpointMixin[Any, Any]",
     source: Literal["memory", "persistence"],
     color: str | None,
     basenames_only: bool,
@@ -81,7 +81,7 @@ def render_stages(
     return "\n".join(lines) + "\n"
 
 
-def render_table(engine: "CheckMateEngine[Any, Any]") -> str:
+def render_table(engine: "CheckpointMixin[Any, Any]") -> str:
     """A compact Markdown table of the stages (no state): what a log needs after every run."""
     rows = ["| # | stage | status | attempts | last change |", "|---|---|---|---|---|"]
     stages = engine.task_state.stage_templates

@@ -14,7 +14,7 @@ from airflow_checkmate.checkmate.status import StageStatus, check_transition
 from airflow_checkmate.checkmate.storable import check_template_state
 
 if TYPE_CHECKING:
-    from airflow_checkmate.checkmate.core import EngineCore
+    from airflow_checkmate.checkmate.checkpoint import CheckpointMixin
 
 STAGE_STATE = TypeVar("STAGE_STATE", bound=BaseStageState[Any])
 
@@ -84,7 +84,7 @@ class BaseStage(BaseModel, ABC, Generic[STAGE_STATE]):
         return self
 
     @property
-    def engine(self) -> "EngineCore[Any, Any]":
+    def engine(self) -> "CheckpointMixin[Any, Any]":
         """The engine this stage is bound to; raises TaskEngineException when unbound."""
         if self.volatile_engine_ref is None:
             raise TaskEngineException(f"stage {self.stage_name!r} is not bound to a task engine")
@@ -108,11 +108,11 @@ class BaseStage(BaseModel, ABC, Generic[STAGE_STATE]):
         """
         return self.volatile_engine_ref is not None and self.engine.cancel_requested
 
-    def gen_obj_name(self, engine: "EngineCore[Any, Any] | None" = None) -> str:
+    def gen_obj_name(self, engine: "CheckpointMixin[Any, Any] | None" = None) -> str:
         """Generate the object name for this stage, for ``engine`` or the bound one."""
         return (engine or self.engine).store.stage_obj(self.stage_name)
 
-    def bind_to_engine(self, task_engine: "EngineCore[Any, Any]") -> "BaseStage[STAGE_STATE]":
+    def bind_to_engine(self, task_engine: "CheckpointMixin[Any, Any]") -> "BaseStage[STAGE_STATE]":
         """Bind the stage to a TaskEngine; raises TaskEngineException if it is already bound."""
         if self.volatile_engine_ref is not None:
             raise TaskEngineException(f"stage {self.stage_name!r} is already bound to a task engine")
