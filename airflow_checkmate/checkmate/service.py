@@ -6,12 +6,7 @@ the task from its stored ``checkmate_factory``, imported only when the allow-lis
 Destructive batch operations default to a dry run that reports what would happen.
 """
 
-import contextlib
-import getpass
-import inspect
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from airflow_checkmate.checkmate.engine import CheckMateEngine
@@ -19,50 +14,30 @@ from airflow_checkmate.checkmate.exceptions import (
     BindException,
     PersistenceDataNotFoundException,
     TaskEngineException,
-    TaskIOException,
 )
-from airflow_checkmate.checkmate.factory import load_factory
 from airflow_checkmate.checkmate.io.base import TaskIO
-from airflow_checkmate.checkmate.lease import HOST, LeaseRecord, acquire, parse_lease
-from airflow_checkmate.checkmate.managed import CheckMate
+from airflow_checkmate.checkmate.lease import HOST, acquire, parse_lease
 from airflow_checkmate.checkmate.models import TaskEngineState
 from airflow_checkmate.checkmate.registry import TaskRecord, TaskRegistry
 from airflow_checkmate.checkmate.render import render_stored
-from airflow_checkmate.checkmate.snapshot import TaskSnapshot, snapshot_of
-from airflow_checkmate.checkmate.stage import BaseStage
-from airflow_checkmate.checkmate.status import FINISHED_STATUSES, TERMINAL_STATUSES, StageStatus
+from airflow_checkmate.checkmate.service_tasks import (
+    ERRORS,
+    Outcome,
+    TaskDetails,
+    TaskNotFound,
+    cancel_task,
+    rebuild_task,
+    user,
+)
+from airflow_checkmate.checkmate.snapshot import snapshot_of
+from airflow_checkmate.checkmate.status import FINISHED_STATUSES, StageStatus
 from airflow_checkmate.checkmate.store import TaskStore
 from airflow_checkmate.checkmate.stored_reset import reset_stored
 
+__all__ = ["ERRORS", "FINISHED", "CheckMateService", "Outcome", "TaskDetails", "TaskNotFound"]
+
 S = StageStatus
 FINISHED = tuple(sorted(FINISHED_STATUSES))
-#: What an operation on one task may fail with, reported to the user as that task's outcome.
-ERRORS = (TaskEngineException, TaskIOException, PersistenceDataNotFoundException, BindException)
-
-
-class TaskNotFound(TaskEngineException):
-    """The registry has no row for a task id."""
-
-
-@dataclass
-class Outcome:
-    """What an operation did (or, in a dry run, would do) to one task."""
-
-    task_id: str
-    action: str
-    done: bool
-    message: str
-    failed: bool = False
-
-
-@dataclass
-class TaskDetails:
-    """A task's registry row, its stored progress and its lock holder (``holder_state``: live/expired/dead)."""
-
-    record: TaskRecord
-    snapshot: TaskSnapshot | None
-    lease: LeaseRecord | None
-    holder_state: str | None
 
 
 class CheckMateService:
@@ -101,9 +76,10 @@ class CheckMateService:
         return self._ios[record.base_url]
 
     def show(self, task_id: str) -> TaskDetails:
-        return self._details(self.record(task_id))
+        return self.details(self.record(task_id))
 
-    def _details(self, record: TaskRecord) -> TaskDetails:
+    def details(self, record: TaskRecord) -> TaskDetails:
+        """The task's row, stored progress and lock holder."""
         store = self.store(record)
         raw = store.io.lease_read(store.lock_obj)
         lease = parse_lease(raw, store.lock_obj) if raw else None
@@ -131,46 +107,16 @@ class CheckMateService:
 
     def rebuild(self, record: TaskRecord) -> CheckMateEngine[Any, Any]:
         """The task built again by its factory (allow-listed), on the storage its row names."""
-        if not record.checkmate_factory:
-            raise TaskEngineException(
-                f"task {record.task_id} has no importable checkmate_factory recorded, so it cannot be rebuilt"
-            )
-        factory = load_factory(record.checkmate_factory, self.allowed_factories)
-        kwargs = dict(record.factory_kwargs)
-        params = inspect.signature(factory).parameters
-        if "task_id" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            kwargs["task_id"] = record.task_id
-        built = factory(**kwargs)
-        io = self.io_for(record)
-        if isinstance(built, CheckMateEngine):
-            if built.task_id != record.task_id or built.io.base_url != io.base_url:
-                raise TaskEngineException(
-                    f"checkmate_factory {record.checkmate_factory} built task {built.task_id} at "
-                    f"{built.io.base_url}, not {record.task_id} at {io.base_url}; accept a task_id argument"
-                )
-            return built
-        if isinstance(built, Sequence) and built and all(isinstance(s, BaseStage) for s in built):
-            return CheckMate(
-                record.checkmate_factory,
-                list(built),
-                task_id=record.task_id,
-                description=record.description,
-                queue=record.queue,
-                tags=record.tags,
-                io=io,
-                registry=self.registry,
-                factory_kwargs=record.factory_kwargs,
-            )
-        raise TaskEngineException(
-            f"checkmate_factory {record.checkmate_factory} returned {type(built).__name__}, not a CheckMate or stages"
-        )
+        return rebuild_task(record, self.io_for(record), self.registry, self.allowed_factories)
 
     def cancel(self, task_ids: Sequence[str], dry_run: bool = True, reason: str = "") -> list[Outcome]:
         """Cancel tasks: a live holder is asked to stop at its next stage boundary; others are canceled here."""
-        who = f"`checkmate cancel` by {_user()}@{HOST}"
+        who = f"`checkmate cancel` by {user()}@{HOST}"
         reason = f"{reason} ({who})" if reason else f"canceled with {who}"
         return [
-            self._each(task_id, "cancel", lambda task_id=task_id: self._cancel(self.record(task_id), dry_run, reason))
+            self._each(
+                task_id, "cancel", lambda task_id=task_id: cancel_task(self, self.record(task_id), dry_run, reason)
+            )
             for task_id in task_ids
         ]
 
@@ -181,52 +127,6 @@ class CheckMateService:
             return run()
         except ERRORS as exc:
             return Outcome(task_id, action, False, f"failed: {exc}", failed=True)
-
-    def _cancel(self, record: TaskRecord, dry_run: bool, reason: str) -> Outcome:
-        details = self._details(record)
-        status = details.snapshot.status if details.snapshot else None
-        if status is None or status in TERMINAL_STATUSES:
-            return Outcome(record.task_id, "cancel", False, f"skipped: it is {status or 'not stored'}")
-        holder = details.lease.describe() if details.lease and details.holder_state == "live" else ""
-        if dry_run:
-            return Outcome(record.task_id, "cancel", False, f"dry run: would {self._cancel_plan(record, holder)}")
-        io = self.io_for(record)
-        if not holder:
-            try:
-                engine = self.rebuild(record)
-            except Exception as exc:  # the factory is user code: whatever it raises, leave a request
-                CheckMateEngine.request_cancel(io, record.task_id, reason)
-                message = f"cancel requested; it takes effect, running cancel(), when the task next runs ({exc})"
-                return Outcome(record.task_id, "cancel", True, message)
-            engine.bind_lock_timeout, engine.owner = None, "checkmate cancel"
-            try:
-                with engine:
-                    if engine.status in TERMINAL_STATUSES:
-                        return Outcome(record.task_id, "cancel", False, f"skipped: it is {engine.status}")
-                    stage = engine.stages[engine.first_incomplete()].stage_name
-                    engine.cancel(reason)
-                return Outcome(record.task_id, "cancel", True, f"canceled at stage {stage!r}; its cancel() ran")
-            except BindException as exc:  # a worker took it meanwhile
-                holder = str(exc)
-        CheckMateEngine.request_cancel(io, record.task_id, reason)
-        return Outcome(
-            record.task_id,
-            "cancel",
-            True,
-            f"cancel requested; {holder or 'the holder'} stops at its next stage boundary and runs cancel()",
-        )
-
-    def _cancel_plan(self, record: TaskRecord, holder: str) -> str:
-        """What ``_cancel`` will do, in its words: the dry run imports the factory (allow-listed) but calls nothing."""
-        if holder:
-            return f"request a cancel; {holder} stops at its next stage boundary and runs cancel()"
-        try:
-            if not record.checkmate_factory:
-                raise TaskEngineException("no importable checkmate_factory is recorded")
-            load_factory(record.checkmate_factory, self.allowed_factories)
-        except Exception as exc:  # importing a module is user code: report whatever it raises
-            return f"request a cancel; it takes effect, running cancel(), when the task next runs ({exc})"
-        return f"rebuild it with {record.checkmate_factory}, cancel it here and run its cancel()"
 
     def reset(self, task_id: str, stage_name: str | None = None) -> Outcome:
         """Make an ERROR/CANCELED task runnable again, or restart it from ``stage_name``, whatever its status.
@@ -320,10 +220,3 @@ class CheckMateService:
         self.registry.update(task_id, lock_holder=None)
         note = "; that process is alive: its next write will be refused" if details.holder_state == "live" else ""
         return Outcome(task_id, "unlock", True, f"lock broken ({holder}){note}")
-
-
-def _user() -> str:
-    """Who runs the command, recorded with a cancel (the uid where no name is known, as in some containers)."""
-    with contextlib.suppress(KeyError, OSError):
-        return getpass.getuser()
-    return f"uid {os.getuid()}"
