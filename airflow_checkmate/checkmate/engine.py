@@ -78,8 +78,8 @@ class CheckMateEngine(
         try:
             for index in range(start, total):
                 stage = stages[index]
-                self._stage_boundary()
-                previous = stages[index - 1].state.model_copy(deep=True) if index else stage.state
+                self._stage_boundary(poll=index == start)  # later ones: the stage before just polled
+                previous = self.stored_copy(stages[index - 1]) if index else stage.state
                 self._run_stage(stage, index, total, previous, strict_recovery)
         except BaseException:
             self._flush_quietly()
@@ -120,11 +120,11 @@ class CheckMateEngine(
         """The keeper saw the lease taken over: stop the stage now; fencing refuses every later write."""
         self.interrupt(self._lease_lost_message())
 
-    def _stage_boundary(self) -> None:
+    def _stage_boundary(self, poll: bool) -> None:
         self._require_bound()
         if self.interrupted:
             raise StageInterrupted(self.interrupted)
-        if self._cancel_pending():
+        if (poll or self._cancel_event.is_set()) and self._cancel_pending():
             reason = self._cancel_reason()
             self._cancel_from(self.first_incomplete(), reason)
             raise TaskEngineException(f"task {self.task_id!r} was canceled ({reason})")

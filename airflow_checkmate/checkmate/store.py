@@ -37,6 +37,11 @@ def to_json(model: BaseModel) -> bytes:
     return model.__pydantic_serializer__.to_json(model)
 
 
+def stored_copy(state: STATE) -> STATE:
+    """A copy of ``state`` as storing and loading it gives (what a resumed run sees): faster than a deep copy."""
+    return type(state).model_validate_json(to_json(state))
+
+
 class StageHeader(BaseModel):
     """What a stored stage says of itself whatever its state class: name, status, history."""
 
