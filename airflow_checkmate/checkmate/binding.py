@@ -91,7 +91,7 @@ class BindingMixin(CheckpointMixin[STAGE, STAGE_RESULT]):
 
     def _load_task_state(self, stored: StoredTask, taken_over: LeaseRecord | None) -> StoredTask:
         """Adopt the stored record (or create one); return what is stored once a dead cleaning is finished."""
-        fresh = self._fresh_task_state()
+        fresh = self.task_state  # pristine: built by __init__, or restored by the last unbind or failed bind
         fresh.owner = dict(self.task_owner)
         # A binder that declares no inputs (a tool rebuilding the task, a plain engine) is not compared on them
         fresh.inputs_fingerprint = inputs_fingerprint(self.inputs) if self.inputs else None
