@@ -71,6 +71,7 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         #: Stage writes not yet committed, and whether ``persist_stage`` queues instead of committing.
         self._pending: list[tuple[BaseStage[Any], Write]] = []
         self._defer = False
+        self._frontier = 0  # where first_incomplete() last found the first incomplete stage
         self._bound = False
         self._desynced = ""
         self._cancel_event = threading.Event()
@@ -197,8 +198,23 @@ class EngineCore(Generic[STAGE, STAGE_RESULT]):
         )
 
     def first_incomplete(self) -> int:
-        """The index of the first stage that is not COMPLETE (the number of stages when all are)."""
-        for index, stage in enumerate(self.task_state.stage_templates):
-            if stage.state.status is not S.COMPLETE:
-                return index
-        return len(self.task_state.stage_templates)
+        """The index of the first stage that is not COMPLETE (the number of stages when all are).
+
+        COMPLETE stages are a prefix (bind checks it, transitions keep it), so the search resumes from
+        the last answer while the stage before it is still COMPLETE: a run does not rescan every stage.
+        """
+        stages = self.task_state.stage_templates
+        index = self._frontier
+        if index > len(stages) or (index and stages[index - 1].state.status is not S.COMPLETE):
+            index = 0
+        while index < len(stages) and stages[index].state.status is S.COMPLETE:
+            index += 1
+        self._frontier = index
+        return index
+
+    def current_status(self) -> StageStatus:
+        """The overall status without re-checking the sequence (as :attr:`status`, which checks it, for the
+        sequences bind admits): the first incomplete stage's, or COMPLETE."""
+        stages = self.task_state.stage_templates
+        index = self.first_incomplete()
+        return stages[index].state.status if index < len(stages) else S.COMPLETE

@@ -149,7 +149,7 @@ class CheckMate(CheckMateEngine[STAGE, STAGE_RESULT]):
         ``checkmate show`` (the task's snapshot) has the live progress.
         """
         try:
-            status = str(self.status)
+            status = str(self.current_status())  # a stage boundary must not cost a pass over every stage
             if not self._reported or status != self._reported[0]:
                 progress = self._progress()
                 self.registry.update(self.task_id, **progress)

@@ -19,11 +19,10 @@ from airflow_checkmate.checkmate import (
     LeaseLostException,
     RetryPolicy,
     StageInterrupted,
-    StageStatus,
     TaskEngineException,
 )
 from airflow_checkmate.checkmate.exceptions import TaskIdentityException
-from airflow_checkmate.checkmate.status import STOPPED_STATUSES
+from airflow_checkmate.checkmate.status import STOPPED_STATUSES, StageStatus
 from airflow_checkmate.hooks.checkmate import CheckMateHook
 from airflow_checkmate.links.checkmate import CheckMateStateLink, derive_checkmate_task_id, state_url
 from airflow_checkmate.operators.rules import (

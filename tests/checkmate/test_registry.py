@@ -140,7 +140,8 @@ def test_row_follows_bind_run_and_unbind(site: Site) -> None:
         engine.execute()
     (probe,) = PROBES[tid]  # the row as the registry had it while stage b ran
     assert probe is not None
-    assert (probe.status, probe.stages_done, probe.current_stage, probe.lock_holder) == (S.RUNNING, 1, "b", holder)
+    # written when the task became RUNNING, not at the a -> b boundary (that costs one write, in storage)
+    assert (probe.status, probe.stages_done, probe.current_stage, probe.lock_holder) == (S.RUNNING, 0, "a", holder)
     failed = site.row(tid)
     assert (failed.status, failed.stages_done, failed.current_stage, failed.lock_holder) == (S.RETRY, 2, "c", holder)
     assert failed.created_at == bound.created_at and failed.updated_at > bound.updated_at
