@@ -22,7 +22,7 @@ from airflow_checkmate.checkmate import (
     read_snapshot,
 )
 from airflow_checkmate.checkmate.io.base import Fence
-from tests.helpers.stages import CounterState, JournalStage, expected_result, make_stages, start_counts
+from support.stages import CounterState, JournalStage, expected_result, make_stages, start_counts
 
 S = StageStatus
 
