@@ -1,11 +1,9 @@
 """TaskStore: the one owner of how a task is stored (object names, formats, parsing and its errors).
 
-The engine, the service, rendering, the CLI and the UI read and write a task only through this class:
-the task record (``task.json``, carrying ``schema_version``), one object per started stage, and the
-cancel request. Every write goes through ``TaskIO.commit``: one checkpoint per call, ordered so that
-every prefix of it is still a valid task (backends that make a commit atomic apply all of it or none).
-A stored object that cannot be parsed raises PersistenceDataNotFoundException naming it; nothing read
-is ever imported or executed, and nothing that fails to parse is removed or overwritten.
+The engine, service, rendering, CLI and UI read and write a task only through it: the record
+(``task.json``, with ``schema_version``), one object per started stage, the cancel request. Each write
+is one ``TaskIO.commit``, ordered so that every prefix of it is a valid task. An object that does not
+parse raises PersistenceDataNotFoundException naming it, and is left in place; nothing read is executed.
 """
 
 import json
@@ -42,6 +40,14 @@ def stored_copy(state: STATE) -> STATE:
     return type(state).model_validate_json(to_json(state))
 
 
+def _stored_version(raw: bytes) -> object:
+    """The ``schema_version`` a stored record claims (the current one if it claims none or is not JSON)."""
+    try:
+        return json.loads(raw).get("schema_version", TASK_SCHEMA_VERSION)
+    except (ValueError, AttributeError):
+        return TASK_SCHEMA_VERSION
+
+
 class StageHeader(BaseModel):
     """What a stored stage says of itself whatever its state class: name, status, history."""
 
@@ -73,14 +79,10 @@ class TaskStore:
         self.task_obj = names.task_obj_name(task_id)
         self.lock_obj = names.lock_obj_name(task_id)
         self.cancel_obj = names.cancel_obj_name(task_id)
-        self._stage_objs: dict[str, str] = {}
 
     def stage_obj(self, stage_name: str) -> str:
-        """The object that holds a stage's state (names are cached: this is on every checkpoint)."""
-        obj = self._stage_objs.get(stage_name)
-        if obj is None:
-            obj = self._stage_objs[stage_name] = names.stage_obj_name(self.task_id, stage_name)
-        return obj
+        """The object that holds a stage's state."""
+        return names.stage_obj_name(self.task_id, stage_name)
 
     def url(self, obj: str) -> str:
         return self.io.build_url(obj)
@@ -101,18 +103,21 @@ class TaskStore:
             ) from exc
 
     def parse_record(self, raw: bytes) -> TaskEngineState[Any]:
-        """The task record; an unknown ``schema_version`` is refused before anything else is read from it."""
+        """The task record; one of another ``schema_version`` is refused as such, whatever else it holds."""
         try:
-            version = json.loads(raw).get("schema_version", TASK_SCHEMA_VERSION)
-        except (ValueError, AttributeError):
-            version = TASK_SCHEMA_VERSION  # let the model say what is wrong with it
+            record = self.parse(self.task_obj, TaskEngineState, raw)
+            version: object = record.schema_version
+        except PersistenceDataNotFoundException:
+            version = _stored_version(raw)
+            if version == TASK_SCHEMA_VERSION:
+                raise
         if version != TASK_SCHEMA_VERSION:
             raise PersistenceDataNotFoundException(
                 f"stored object {self.url(self.task_obj)} has format (schema) version {version!r}; this version "
                 f"of CheckMate reads version {TASK_SCHEMA_VERSION}. It was left in place: use the CheckMate "
                 "version that wrote it, or clean the task to start over"
             )
-        return self.parse(self.task_obj, TaskEngineState, raw)
+        return record
 
     def parse_json(self, obj: str, raw: bytes) -> dict[str, Any]:
         """A stored object as a plain JSON object (for views that have no state class at hand)."""
@@ -200,12 +205,9 @@ class TaskStore:
         return self.io.exists(self.cancel_obj)
 
     def cancel_reason(self) -> str | None:
-        """The stored cancel request's text, or None if there is none (or it is not UTF-8)."""
+        """The stored cancel request's text, or None if there is none."""
         raw = self.read(self.cancel_obj)
-        try:
-            return None if raw is None else raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
+        return None if raw is None else raw.decode("utf-8", errors="replace")
 
     def request_cancel(self, reason: str) -> None:
         """Store a cancel request (needs no lock: the holder acts on it at its next stage boundary)."""

@@ -137,12 +137,15 @@ def test_a_cancel_and_a_reset_are_one_checkpoint_each(base: Path) -> None:
         assert len(io.commits) == 1 and engine.status is S.RETRY
 
 
-def test_an_unknown_format_version_is_refused_naming_the_object_and_the_version(base: Path) -> None:
+@pytest.mark.parametrize("future_fields", [{}, {"journal_segments": [1, 2]}], ids=["same-shape", "new-fields"])
+def test_an_unknown_format_version_is_refused_naming_the_object_and_the_version(
+    base: Path, future_fields: dict[str, Any]
+) -> None:
     io = TaskIOFile(base)
     with CheckMateEngine(io, "future", make_stages(2)) as engine:
         engine.execute()
     record = json.loads(io.read_bytes("future/task.json"))
-    record["schema_version"] = 99
+    record.update(schema_version=99, **future_fields)
     io.write("future/task.json", json.dumps(record))
     before = io.read_prefix("future/")
     for attempt in (
