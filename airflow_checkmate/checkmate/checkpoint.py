@@ -43,10 +43,18 @@ class CheckpointMixin(EngineCore[STAGE, STAGE_RESULT]):
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
-        """Queue the stage writes made in the block for the next checkpoint (:meth:`flush`) instead of each its own."""
-        outer, self._defer = self._defer, True
+        """Queue the stage writes made in the block for the next checkpoint (:meth:`flush`) instead of each its own.
+
+        If the block raises, what it queued is dropped and those stages are reloaded from storage.
+        """
+        outer, self._defer, start = self._defer, True, len(self._pending)
         try:
             yield
+        except BaseException as exc:
+            dropped, self._pending = self._pending[start:], self._pending[:start]
+            for stage, _ in dropped:
+                self._resync_stage(stage, exc)
+            raise
         finally:
             self._defer = outer
 
