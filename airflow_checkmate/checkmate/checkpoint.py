@@ -12,7 +12,7 @@ from typing import Any
 from airflow_checkmate.checkmate.core import STAGE, STAGE_RESULT, EngineCore, S
 from airflow_checkmate.checkmate.models import BaseStageState, TaskEvent
 from airflow_checkmate.checkmate.stage import BaseStage
-from airflow_checkmate.checkmate.store import Write, stored_copy
+from airflow_checkmate.checkmate.store import Write
 
 
 class CheckpointMixin(EngineCore[STAGE, STAGE_RESULT]):
@@ -71,14 +71,6 @@ class CheckpointMixin(EngineCore[STAGE, STAGE_RESULT]):
             raise
         for _ in pending:
             self.state_update_hook()
-
-    def stored_copy(self, stage: BaseStage[Any]) -> BaseStageState[Any]:
-        """The stage's state as a resumed run would load it, from the bytes of its queued checkpoint if any."""
-        for queued, (_, data) in reversed(self._pending):
-            if queued is stage and data is not None:
-                copy: BaseStageState[Any] = type(stage.state).model_validate_json(data)
-                return copy
-        return stored_copy(stage.state)
 
     def _resync_stage(self, stage: BaseStage[Any], cause: BaseException) -> None:
         try:

@@ -21,7 +21,7 @@ from airflow_checkmate.checkmate.exceptions import (
 )
 from airflow_checkmate.checkmate.identity import string_from_callable
 from airflow_checkmate.checkmate.inspection import InspectionMixin
-from airflow_checkmate.checkmate.models import BaseStageState
+from airflow_checkmate.checkmate.models import BaseStageState, deep_copy_state
 from airflow_checkmate.checkmate.stage import BaseStage
 from airflow_checkmate.checkmate.status import STOPPED_STATUSES
 from airflow_checkmate.checkmate.storable import unstorable
@@ -79,7 +79,7 @@ class CheckMateEngine(
             for index in range(start, total):
                 stage = stages[index]
                 self._stage_boundary(poll=index == start)  # later ones: the stage before just polled
-                previous = self.stored_copy(stages[index - 1]) if index else stage.state
+                previous = deep_copy_state(stages[index - 1].state) if index else stage.state
                 self._run_stage(stage, index, total, previous, strict_recovery)
         except BaseException:
             self._flush_quietly()

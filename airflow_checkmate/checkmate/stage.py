@@ -152,8 +152,8 @@ class BaseStage(BaseModel, ABC, Generic[STAGE_STATE]):
     def execute_stage(self, previous_state_copy: STAGE_STATE) -> None:
         """Execute the stage: return on success, raise on failure.
 
-        Do not update the status here; the engine does. ``previous_state_copy`` is a copy of the previous
-        stage's state as stored (as a resumed run loads it; the first stage receives its own ``state``).
+        Do not update the status here; the engine does. ``previous_state_copy`` is a deep copy of the
+        previous stage's state (the first stage receives its own ``state``); do not modify it.
         """
 
     def rollback_stage(self) -> None:

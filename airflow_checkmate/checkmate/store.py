@@ -35,11 +35,6 @@ def to_json(model: BaseModel) -> bytes:
     return model.__pydantic_serializer__.to_json(model)
 
 
-def stored_copy(state: STATE) -> STATE:
-    """A copy of ``state`` as storing and loading it gives (what a resumed run sees): faster than a deep copy."""
-    return type(state).model_validate_json(to_json(state))
-
-
 def _stored_version(raw: bytes) -> object:
     """The ``schema_version`` a stored record claims (the current one if it claims none or is not JSON)."""
     try:
