@@ -23,6 +23,7 @@ import pytest
 from reliability import kill, kill_child
 from reliability.kill_store import Store, file_store, postgres_store, s3_store
 from reliability.report import Report
+from support.pg import fresh_database
 from support.processes import S3_CONN_ID
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,10 @@ def test_file_kill_campaign(forkserver, tmp_path: Path) -> None:
 
 
 def test_postgresql_kill_campaign(forkserver, tmp_path: Path, postgres_url: str) -> None:
-    with postgres_store(postgres_url) as store:
+    # A database of its own, as `reliability.kill` uses: the store reads once no other session of its
+    # database is left (a killed child's last statement may still commit), and the session database
+    # keeps the pooled connections of earlier tests open.
+    with fresh_database(postgres_url, prefix="checkmate_kill") as url, postgres_store(url) as store:
         stats = _campaign(forkserver, store, tmp_path, 60, kill.KILLS_PER_TASK, seed=0)
     missed = [p for p in ALL_PHASES if not stats.phases[p]]
     assert not missed, f"no kill landed in {missed}: {dict(stats.phases)}"
