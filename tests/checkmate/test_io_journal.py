@@ -240,3 +240,13 @@ def test_polling_reads_only_what_was_appended(io: TaskIOFile, base: Path, monkey
     io.write("t/cancel.json", b"{}")
     assert poller.exists("t/cancel.json")
     assert sum(read) < 1024
+
+
+def test_a_checkpoint_of_more_objects_than_one_writev_takes_is_one_record(io: TaskIOFile) -> None:
+    """A reset or cleanup of a task of a thousand stages writes or removes every stage in one checkpoint."""
+    count = 2500  # Linux takes 1,024 pieces per writev; each object is several
+    io.commit([(f"t/s{i}.stage.json", f'{{"i": {i}}}'.encode()) for i in range(count)])
+    stored = io.read_prefix("t/")
+    assert len(stored) == count and stored["t/s7.stage.json"] == b'{"i": 7}'
+    io.commit([(f"t/s{i}.stage.json", None) for i in range(count)])
+    assert io.read_prefix("t/") == {}

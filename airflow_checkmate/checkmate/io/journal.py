@@ -38,8 +38,24 @@ _SAME_BYTES_LIMIT = 1 << 20
 Writer = Callable[[int, Sequence[bytes]], None]
 
 
+def _iov_max() -> int:
+    try:
+        return max(int(os.sysconf("SC_IOV_MAX")), 16)
+    except (ValueError, OSError):
+        return 1024
+
+
+#: writev refuses more pieces than this (EINVAL): a checkpoint of many objects (a reset, a cleanup) has more.
+IOV_MAX = _iov_max()
+
+
 def write_pieces(fd: int, pieces: Sequence[bytes]) -> None:
-    """Write ``pieces`` in order with one ``writev`` (the rest with ``write`` if it was cut short)."""
+    """Write ``pieces`` in order with one ``writev`` (the rest with ``write`` if it was cut short).
+
+    More pieces than one ``writev`` takes are joined first: one copy of a record of many small objects.
+    """
+    if len(pieces) > IOV_MAX:
+        pieces = [b"".join(pieces)]
     written = os.writev(fd, pieces)
     total = sum(len(p) for p in pieces)
     if written < total:
