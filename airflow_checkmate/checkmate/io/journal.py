@@ -243,6 +243,7 @@ def _unchanged(fd: int, seen: fmt.Replay, name: str, data: bytes | None) -> bool
 
 
 def _names(path: str, entries: Sequence[fmt.Entry]) -> str:
-    """The objects of a checkpoint as paths, for messages."""
+    """The objects of a checkpoint as paths, for messages (the first few of a large one)."""
     folder = os.path.dirname(path)
-    return ", ".join(os.path.join(folder, name) for name, _ in entries)
+    shown = ", ".join(os.path.join(folder, name) for name, _ in entries[:5])
+    return shown if len(entries) <= 5 else f"{shown} and {len(entries) - 5} more objects"
