@@ -92,7 +92,14 @@ def test_the_engine_package_names_nothing_of_the_airflow_layer() -> None:
                 named = [node.value] if node.value.startswith("airflow_checkmate.") else []
             for name in named:
                 layer = name.startswith("airflow_checkmate.") and not name.startswith("airflow_checkmate.checkmate")
-                airflow = (name == "airflow" or name.startswith("airflow.")) and path.name != "objectstorage.py"
+                airflow = (name == "airflow" or name.startswith("airflow.")) and path.name not in (
+                    "objectstorage.py",
+                    "object_store.py",
+                )
                 if layer or airflow:
                     found.append(f"{path.relative_to(package)}: {name}")
     assert found == []
+
+
+#: The backends that reach object storage through Airflow's ObjectStoragePath, loaded only by URL scheme.
+AIRFLOW_BACKENDS = ("objectstorage.py", "object_store.py")

