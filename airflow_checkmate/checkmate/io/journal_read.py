@@ -13,13 +13,11 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from airflow_checkmate.checkmate.exceptions import TaskIOException
 from airflow_checkmate.checkmate.io import journal_format as fmt
 
 JOURNAL_NAME = ".~journal"
 TMP_SUFFIX = ".tmp"
 _CACHE_SIZE = 256
-_RETRIES = 5
 
 
 @dataclass
@@ -43,29 +41,25 @@ class JournalReader:
         self._mutex = threading.Lock()
 
     def read(self, folder: str, names: Sequence[str] | None = None) -> dict[str, bytes]:
-        """Live objects of the folder's journal (all, or those of ``names`` that exist), from one checkpoint."""
+        """Live objects of the folder's journal (all, or those of ``names`` that exist), from one checkpoint.
+
+        The objects are read through the descriptor the journal was scanned with: a compaction renames a
+        new file in, and this one keeps the bytes the offsets point at.
+        """
         path = os.path.join(folder, JOURNAL_NAME)
-        for _ in range(_RETRIES):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
             with self._mutex:
-                seen = self._current(path)
-                if seen is None:
-                    return {}
-                objects = seen.objects
+                self._cache.pop(path, None)
+            return {}
+        try:
+            with self._mutex:
+                objects = self._refresh(path, fd).objects
                 wanted = dict(objects) if names is None else {n: objects[n] for n in names if n in objects}
-                ident, ino = seen.ident, seen.key[1]
-            if not wanted:
-                return {}
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                if os.fstat(fd).st_ino != ino or fmt.pread_all(fd, fmt.HEADER_SIZE, 0)[-6:] != ident:
-                    continue  # compacted since: read where the objects sit now
-                return {name: fmt.pread_all(fd, size, offset) for name, (offset, size) in wanted.items()}
-            finally:
-                os.close(fd)
-        raise TaskIOException(f"journal {path} kept being replaced while it was read; try again")
+            return {name: fmt.pread_all(fd, size, offset) for name, (offset, size) in wanted.items()}
+        finally:
+            os.close(fd)
 
     def has(self, folder: str, name: str) -> bool:
         with self._mutex:
